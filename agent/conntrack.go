@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"sync/atomic"
+
 	"github.com/apisonar/apisonar/parser"
 )
 
@@ -35,7 +37,10 @@ type Tracker struct {
 	emit    parser.Emitter
 	factory ParserFactory
 	conns   map[uint64]*conn
-	stats   TrackerStats
+	// counters are atomic: the local API reads them while the source's
+	// goroutine works.
+	opened, closed, evicted, expired, notHTTP, swapped atomic.Uint64
+	open                                               atomic.Int64
 	// lru is a doubly linked list through conn.prev/next, most recent at head.
 	head, tail *conn
 }
@@ -82,9 +87,11 @@ func NewTracker(opts TrackerOptions, factory ParserFactory, emit parser.Emitter)
 
 // Stats returns the table's counters.
 func (t *Tracker) Stats() TrackerStats {
-	s := t.stats
-	s.Open = len(t.conns)
-	return s
+	return TrackerStats{
+		Opened: t.opened.Load(), Closed: t.closed.Load(), Evicted: t.evicted.Load(),
+		Expired: t.expired.Load(), NotHTTP: t.notHTTP.Load(), Swapped: t.swapped.Load(),
+		Open: int(t.open.Load()),
+	}
 }
 
 // lookup finds or creates the connection id, marking it most recent.
@@ -93,7 +100,7 @@ func (t *Tracker) lookup(id uint64, info *parser.ConnInfo, ts int64) *conn {
 	if c == nil {
 		if len(t.conns) >= t.opts.MaxConns {
 			t.evict(t.tail, ts)
-			t.stats.Evicted++
+			t.evicted.Add(1)
 		}
 		c = &conn{}
 		if info != nil {
@@ -101,7 +108,8 @@ func (t *Tracker) lookup(id uint64, info *parser.ConnInfo, ts int64) *conn {
 		}
 		c.info.ID = id
 		t.conns[id] = c
-		t.stats.Opened++
+		t.open.Add(1)
+		t.opened.Add(1)
 		t.pushFront(c)
 	} else if t.head != c {
 		t.unlink(c)
@@ -182,7 +190,7 @@ func (t *Tracker) detect(c *conn, dir parser.Direction, ts int64, data []byte) {
 	if g.Proto == parser.ProtoNone || g.Proto == parser.ProtoUnknown || t.factory == nil {
 		c.proto = parser.ProtoNone
 		c.pending = [2][]byte{}
-		t.stats.NotHTTP++
+		t.notHTTP.Add(1)
 		return
 	}
 	// A request sent by the side the source called the server, or a
@@ -190,7 +198,8 @@ func (t *Tracker) detect(c *conn, dir parser.Direction, ts int64, data []byte) {
 	if g.Sided && g.Request != (dir == parser.FromClient) {
 		c.swap = true
 		c.info.Client, c.info.Server = c.info.Server, c.info.Client
-		t.stats.Swapped++
+		c.info.Side = c.info.Side.Flip()
+		t.swapped.Add(1)
 	}
 	c.proto = g.Proto
 	c.p = t.factory(g.Proto, &c.info, t.emit)
@@ -237,14 +246,14 @@ func (t *Tracker) Close(id uint64, ts int64) {
 	if c == nil {
 		return
 	}
-	t.stats.Closed++
+	t.closed.Add(1)
 	t.evict(c, ts)
 }
 
 // Sweep closes connections silent for longer than the idle timeout.
 func (t *Tracker) Sweep(now int64) {
 	for c := t.tail; c != nil && now-c.last > t.opts.IdleTimeout; c = t.tail {
-		t.stats.Expired++
+		t.expired.Add(1)
 		t.evict(c, now)
 	}
 }
@@ -265,6 +274,7 @@ func (t *Tracker) evict(c *conn, ts int64) {
 	}
 	t.unlink(c)
 	delete(t.conns, c.info.ID)
+	t.open.Add(-1)
 }
 
 func (t *Tracker) pushFront(c *conn) {

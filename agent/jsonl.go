@@ -116,6 +116,11 @@ func AppendCallJSON(b []byte, c *parser.Call, route string) []byte {
 			b = appendJSONStr(b, ci.Comm)
 			b = append(b, '}')
 		}
+		if ci.Side != parser.SideUnknown {
+			b = append(b, `,"side":"`...)
+			b = append(b, ci.Side.String()...)
+			b = append(b, '"')
+		}
 		if ci.TLS {
 			b = append(b, `,"tls":true`...)
 		}

@@ -22,18 +22,26 @@ type SeenTable struct {
 
 // SeenEntry is one row of the raw inventory.
 type SeenEntry struct {
-	Protocol  string `json:"protocol"`
-	Method    string `json:"method"`
-	Host      string `json:"host"`
-	Path      string `json:"path"`
-	Server    string `json:"server,omitempty"`
+	Protocol string `json:"protocol"`
+	Method   string `json:"method"`
+	Host     string `json:"host"`
+	Path     string `json:"path"`
+	Server   string `json:"server,omitempty"`
+	// Side is the end the observing process held ("server", "client"), or
+	// empty for packet capture: a call between two local processes is
+	// counted once on each side.
+	Side      string `json:"side,omitempty"`
 	Count     uint64 `json:"count"`
 	Errors    uint64 `json:"errors"`
 	FirstSeen int64  `json:"-"`
 	LastSeen  int64  `json:"-"`
 	// LastStatus is the status of the newest call.
 	LastStatus int `json:"last_status"`
+	// Statuses are the distinct statuses seen, at most maxStatuses.
+	Statuses []int `json:"statuses"`
 }
+
+const maxStatuses = 16
 
 // NewSeenTable returns a table capped at max keys (0: 10,000).
 func NewSeenTable(max int) *SeenTable {
@@ -55,6 +63,11 @@ func (s *SeenTable) Observe(c *parser.Call) {
 	k = append(k, c.Host...)
 	k = append(k, 0)
 	k = append(k, c.Path...)
+	var side parser.Side
+	if c.Conn != nil {
+		side = c.Conn.Side
+	}
+	k = append(k, 0, byte(side))
 	s.key = k
 	e := s.m[string(k)]
 	if e == nil {
@@ -64,7 +77,7 @@ func (s *SeenTable) Observe(c *parser.Call) {
 		}
 		e = &SeenEntry{
 			Protocol: c.Protocol.String(), Method: string(c.Method), Host: string(c.Host),
-			Path: string(c.Path), FirstSeen: c.Start,
+			Path: string(c.Path), FirstSeen: c.Start, Side: side.String(),
 		}
 		if c.Conn != nil && c.Conn.Server.IsValid() {
 			e.Server = c.Conn.Server.String()
@@ -74,6 +87,9 @@ func (s *SeenTable) Observe(c *parser.Call) {
 	e.Count++
 	if c.Status >= 500 || (c.Protocol == parser.ProtoGRPC && c.GRPCStatus > 0) {
 		e.Errors++
+	}
+	if c.Status != 0 && len(e.Statuses) < maxStatuses && !hasInt(e.Statuses, c.Status) {
+		e.Statuses = append(e.Statuses, c.Status)
 	}
 	if c.Start < e.FirstSeen {
 		e.FirstSeen = c.Start
@@ -90,7 +106,9 @@ func (s *SeenTable) Snapshot() ([]SeenEntry, uint64) {
 	s.mu.Lock()
 	out := make([]SeenEntry, 0, len(s.m))
 	for _, e := range s.m {
-		out = append(out, *e)
+		r := *e
+		r.Statuses = append([]int(nil), e.Statuses...)
+		out = append(out, r)
 	}
 	of := s.overflow
 	s.mu.Unlock()
@@ -102,7 +120,19 @@ func (s *SeenTable) Snapshot() ([]SeenEntry, uint64) {
 		if a.Path != b.Path {
 			return a.Path < b.Path
 		}
-		return a.Method < b.Method
+		if a.Method != b.Method {
+			return a.Method < b.Method
+		}
+		return a.Side > b.Side
 	})
 	return out, of
+}
+
+func hasInt(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
 }

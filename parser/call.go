@@ -64,6 +64,42 @@ type ConnInfo struct {
 	Comm string
 	// TLS is true when the bytes are TLS plaintext seen through uprobes.
 	TLS bool
+	// Side says which end of the connection the traced process (PID) is.
+	// When client and server both run on the host, each call is seen
+	// twice, once from each side.
+	Side Side
+}
+
+// Side is the end of a connection a process holds.
+type Side uint8
+
+const (
+	// SideUnknown: packet capture, or a process whose role is not known.
+	SideUnknown Side = iota
+	SideClient
+	SideServer
+)
+
+// String returns "client", "server" or "".
+func (s Side) String() string {
+	switch s {
+	case SideClient:
+		return "client"
+	case SideServer:
+		return "server"
+	}
+	return ""
+}
+
+// Flip returns the other end.
+func (s Side) Flip() Side {
+	switch s {
+	case SideClient:
+		return SideServer
+	case SideServer:
+		return SideClient
+	}
+	return s
 }
 
 // Header names a request or response header a parser keeps the value of.
