@@ -5,8 +5,10 @@ BIN       ?= bin/apisonar
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 TEST_TIMEOUT ?= 45m
 # Debian packages the build and the integration tests drive (real peers).
+# An OpenAPI validator we did not write checks the generated inventory.
+NPM_VALIDATOR = @seriousme/openapi-schema-validator@2.11.0
 DEB_PACKAGES = clang llvm libbpf-dev bpftool curl tcpdump tshark nginx nghttp2-client nghttp2-server \
-               python3 python3-grpcio wrk iproute2 netcat-openbsd openssl
+               python3 python3-grpcio wrk iproute2 netcat-openbsd openssl prometheus
 
 .PHONY: help generate build test bench lint deps tracefs fuzz clean
 
@@ -47,6 +49,9 @@ deps: ## install the Debian packages the tests drive, when root and missing
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	  else echo "missing Debian packages (tests that need them will skip):$$missing"; fi; \
 	fi
+	@if ! command -v validate-api >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v npm >/dev/null 2>&1; then \
+	  echo "installing the independent OpenAPI validator"; \
+	  npm install -g --no-fund --no-audit $(NPM_VALIDATOR) >/dev/null; fi
 
 tracefs: ## mount tracefs when root and it is missing
 	@if [ "$$(id -u)" = 0 ] && [ ! -d /sys/kernel/tracing/events/syscalls ]; then \

@@ -33,7 +33,7 @@ type seenRow struct {
 
 func (a *API) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /inventory", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /inventory/seen", func(w http.ResponseWriter, r *http.Request) {
 		rows, overflow := a.Seen.Snapshot()
 		out := struct {
 			Endpoints []seenRow `json:"endpoints"`

@@ -46,7 +46,7 @@ func TestAPIServesInventoryAndJSONErrors(t *testing.T) {
 		}
 		return resp.StatusCode, m
 	}
-	code, inv := get("GET", "/inventory")
+	code, inv := get("GET", "/inventory/seen")
 	if code != 200 {
 		t.Fatalf("inventory: %d", code)
 	}
@@ -62,7 +62,7 @@ func TestAPIServesInventoryAndJSONErrors(t *testing.T) {
 	if code, _ := get("GET", "/nope"); code != 404 {
 		t.Fatalf("unknown path: %d", code)
 	}
-	if code, _ := get("POST", "/inventory"); code != 405 {
+	if code, _ := get("POST", "/inventory/seen"); code != 405 {
 		t.Fatalf("wrong method: %d", code)
 	}
 	if code, m := get("GET", "/stats"); code != 200 || m["calls"] != 2.0 {

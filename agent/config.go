@@ -26,12 +26,17 @@ type Config struct {
 	OTLPEndpoint string `yaml:"otlp_endpoint"`
 	// Listen is the local HTTP API address; empty disables it.
 	Listen string `yaml:"listen"`
-	// StateDir holds persisted inventory state.
+	// StateDir holds persisted inventory state; empty disables it.
 	StateDir string `yaml:"state_dir"`
+	// StateFlush is how often the inventory is saved to StateDir.
+	StateFlush time.Duration `yaml:"state_flush"`
 	// Output is "jsonl" (calls and findings on stdout) or "none".
 	Output string `yaml:"output"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
+
+	// Version is the agent's version, for resource attributes.
+	Version string `yaml:"-"`
 
 	Capture CaptureConfig `yaml:"capture"`
 	Parser  ParserConfig  `yaml:"parser"`
@@ -65,11 +70,12 @@ type ConnsConfig struct {
 // DefaultConfig returns the embedded defaults.
 func DefaultConfig() Config {
 	return Config{
-		Source:   "ebpf",
-		Listen:   "127.0.0.1:9464",
-		StateDir: "/var/lib/apisonar",
-		Output:   "jsonl",
-		LogLevel: "info",
+		Source:     "ebpf",
+		Listen:     "127.0.0.1:9464",
+		StateDir:   "/var/lib/apisonar",
+		StateFlush: 30 * time.Second,
+		Output:     "jsonl",
+		LogLevel:   "info",
 		Capture: CaptureConfig{
 			PayloadBytes:  16 << 10,
 			RingBytes:     8 << 20,
@@ -198,6 +204,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Conns.Max < 1 || c.Conns.Max > 10_000_000 {
 		return fmt.Errorf("connections.max %d: want 1 to 10000000", c.Conns.Max)
+	}
+	if c.StateFlush < time.Second {
+		return fmt.Errorf("state_flush %v: want at least 1s", c.StateFlush)
 	}
 	if c.Conns.IdleTimeout <= 0 {
 		return fmt.Errorf("connections.idle_timeout %v: want a positive duration", c.Conns.IdleTimeout)

@@ -388,6 +388,10 @@ func (inv *Inventory) render(f *findingState) Finding {
 	} else {
 		out.Count, first, last = f.count.Load(), f.first.Load(), f.last.Load()
 	}
+	if out.Count == 0 {
+		// Raised by the endpoint's first call, before it was counted.
+		out.Count = 1
+	}
 	if first == 0 || (f.raised != 0 && f.raised < first) {
 		first = f.raised
 	}

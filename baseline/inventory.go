@@ -200,12 +200,13 @@ func (o *Observer) Emit(c *parser.Call) { o.Observe(c) }
 
 // Observe is the Inventory's default Observer, for callers with a single
 // goroutine. It must not be used from several goroutines at once.
-func (inv *Inventory) Observe(c *parser.Call) { inv.def.Observe(c) }
+func (inv *Inventory) Observe(c *parser.Call) *Endpoint { return inv.def.Observe(c) }
 
 // Observe adds one call: route lookup, every per-endpoint statistic and
 // the spec drift checks. It does not allocate once the call's endpoint is
-// known (except when it raises a finding), and takes no lock.
-func (o *Observer) Observe(c *parser.Call) {
+// known (except when it raises a finding), and takes no lock. It returns
+// the endpoint the call was counted on.
+func (o *Observer) Observe(c *parser.Call) *Endpoint {
 	inv := o.inv
 	inv.observed[o.shard].n.Add(1)
 	ts := c.Start
@@ -270,6 +271,7 @@ func (o *Observer) Observe(c *parser.Call) {
 	if ep.Op != nil {
 		inv.checkDrift(ep, c, ts, sh.count.Load())
 	}
+	return ep
 }
 
 func (o *Observer) principalHash(c *parser.Call) (uint64, PrincipalKind) {
