@@ -148,7 +148,8 @@ func (t *Tracker) feed(c *conn, dir parser.Direction, ts int64, data []byte) {
 	if to == parser.ProtoUnknown {
 		return
 	}
-	c.p.Close(ts)
+	old := c.p
+	old.Close(ts)
 	c.proto = to
 	if to == parser.ProtoNone || t.factory == nil {
 		c.proto = parser.ProtoNone
@@ -159,6 +160,13 @@ func (t *Tracker) feed(c *conn, dir parser.Direction, ts int64, data []byte) {
 	if c.p == nil {
 		c.proto = parser.ProtoNone
 		return
+	}
+	// An h2c upgrade: the request that asked for it is answered on
+	// HTTP/2 stream 1.
+	if from, ok := old.(interface{ UpgradedRequest() *parser.Call }); ok {
+		if to, ok := c.p.(interface{ AdoptUpgrade(*parser.Call) }); ok {
+			to.AdoptUpgrade(from.UpgradedRequest())
+		}
 	}
 	// The client's leftover (the HTTP/2 preface) goes first.
 	for _, d := range [2]parser.Direction{parser.FromClient, parser.FromServer} {

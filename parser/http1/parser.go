@@ -157,6 +157,8 @@ type Parser struct {
 	resp     response
 	call     parser.Call
 	switchTo parser.Protocol
+	// upgraded is the request handed to HTTP/2 after a 101 to h2c.
+	upgraded *parser.Call
 	leftover [2][]byte
 	closed   bool
 }
@@ -395,7 +397,14 @@ func (p *Parser) finishResponse(ts int64) {
 		return
 	}
 	if !r.orphan && p.qlen > 0 && p.at(0).seq == r.seq {
-		p.emitHead(ts, 0)
+		if r.upgrade == parser.ProtoHTTP2 {
+			// Its answer comes on HTTP/2 stream 1: hand it over
+			// rather than report the 101.
+			p.upgraded = p.headCall(ts, 0).Clone()
+			p.pop()
+		} else {
+			p.emitHead(ts, 0)
+		}
 	}
 	switch {
 	case r.upgrade != parser.ProtoUnknown:
@@ -435,9 +444,30 @@ func (p *Parser) resumeClient() {
 	p.spare = held[:0]
 }
 
+// UpgradedRequest returns the request that upgraded the connection to
+// h2c, for the HTTP/2 parser to finish on stream 1; nil otherwise.
+func (p *Parser) UpgradedRequest() *parser.Call { return p.upgraded }
+
 // emitHead emits the oldest pending request with the response read so far
 // (when one is active for it) and removes it from the queue.
 func (p *Parser) emitHead(end int64, flags uint16) {
+	c := p.headCall(end, flags)
+	if c.Flags&parser.FlagReqTruncated != 0 {
+		p.stats.Truncated.Add(1)
+	}
+	if c.Flags&parser.FlagRespTruncated != 0 {
+		p.stats.Truncated.Add(1)
+	}
+	p.pop()
+	p.stats.Calls.Add(1)
+	if p.emit != nil {
+		p.emit.Emit(c)
+	}
+}
+
+// headCall builds the call of the oldest pending request with the response
+// read so far (when one is active for it) in the reused Call.
+func (p *Parser) headCall(end int64, flags uint16) *parser.Call {
 	rq := p.at(0)
 	c := &p.call
 	c.Reset()
@@ -481,17 +511,7 @@ func (p *Parser) emitHead(end int64, flags uint16) {
 		c.Flags |= parser.FlagNoResponse
 		p.stats.NoResponse.Add(1)
 	}
-	if c.Flags&parser.FlagReqTruncated != 0 {
-		p.stats.Truncated.Add(1)
-	}
-	if c.Flags&parser.FlagRespTruncated != 0 {
-		p.stats.Truncated.Add(1)
-	}
-	p.pop()
-	p.stats.Calls.Add(1)
-	if p.emit != nil {
-		p.emit.Emit(c)
-	}
+	return c
 }
 
 func (rq *request) field(s span) []byte {

@@ -99,6 +99,7 @@ func run(t testing.TB, opts parser.Options, events []event, split int) result {
 	t.Helper()
 	var res result
 	var stats parser.Stats
+	handed := 0
 	info := &parser.ConnInfo{ID: 7}
 	p := New(info, parser.EmitFunc(func(c *parser.Call) {
 		if c.Conn != info {
@@ -132,6 +133,10 @@ func run(t testing.TB, opts parser.Options, events []event, split int) result {
 					res.switchTo = to
 					res.left[0] += string(left[0])
 					res.left[1] += string(left[1])
+					if c := p.UpgradedRequest(); c != nil {
+						res.calls = append(res.calls, "handed to h2: "+summary(c))
+						handed++
+					}
 				}
 			}
 		case 'g':
@@ -141,7 +146,7 @@ func run(t testing.TB, opts parser.Options, events []event, split int) result {
 		}
 	}
 	res.stats = snapshot(&stats)
-	if got := stats.Calls.Load(); got != uint64(len(res.calls)) {
+	if got := stats.Calls.Load(); got != uint64(len(res.calls)-handed) {
 		t.Errorf("stats.Calls = %d, emitted %d", got, len(res.calls))
 	}
 	return res
@@ -524,7 +529,7 @@ func parserCases() []parserCase {
 				cli(1, crlf("GET /up HTTP/1.1\nHost: h\nConnection: Upgrade, HTTP2-Settings\nUpgrade: h2c\nHTTP2-Settings: AAMAAABkAAQAAP__\n\n")),
 				srv(2, crlf("HTTP/1.1 101 Switching Protocols\nConnection: Upgrade\nUpgrade: h2c\n\n")+"\x00\x00\x00\x04\x00\x00\x00\x00\x00"),
 			},
-			want:     []string{"GET /up host=h -> 101 req=0 resp=0 t=1..2 upgrade"},
+			want:     []string{"handed to h2: GET /up host=h -> 101 req=0 resp=0 t=1..2 upgrade"},
 			stats:    counts{Upgrades: 1},
 			switchTo: parser.ProtoHTTP2,
 			left:     [2]string{"", "\x00\x00\x00\x04\x00\x00\x00\x00\x00"},
@@ -549,7 +554,7 @@ func parserCases() []parserCase {
 				srv(3, crlf("HTTP/1.1 101 Switching Protocols\nConnection: Upgrade\nUpgrade: h2c\n\n")),
 				srv(4, "\x00\x00\x00\x04\x00\x00\x00\x00\x00"),
 			},
-			want:     []string{"GET /up host=h -> 101 req=0 resp=0 t=1..3 upgrade"},
+			want:     []string{"handed to h2: GET /up host=h -> 101 req=0 resp=0 t=1..3 upgrade"},
 			stats:    counts{Upgrades: 1},
 			switchTo: parser.ProtoHTTP2,
 			left:     [2]string{"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "\x00\x00\x00\x04\x00\x00\x00\x00\x00"},

@@ -301,7 +301,7 @@ func TestGRPCGoConnection(t *testing.T) {
 		for _, pc := range pieces {
 			total[pc.dir] += len(pc.data)
 		}
-		reported, partialCalls := 0, 0
+		reported, partialCalls, seenWhole, asGRPC := 0, 0, 0, 0
 		for n := 1; n < total[C] && n < total[S]; n += 7 {
 			var col collector
 			p := New(&parser.ConnInfo{}, &col, new(parser.Stats), parser.Options{})
@@ -316,13 +316,33 @@ func TestGRPCGoConnection(t *testing.T) {
 			p.Close(1 << 40)
 			neverWrong(t, calls, col.calls)
 			for _, c := range col.calls {
+				// A call that began after the join: its request and
+				// response were seen whole.
+				whole := len(c.Path) > 0 && c.Status != 0 &&
+					c.Flags&(parser.FlagReqTruncated|parser.FlagRespTruncated|parser.FlagNoResponse|parser.FlagReset) == 0
+				if whole {
+					seenWhole++
+					if c.Protocol == parser.ProtoGRPC {
+						asGRPC++
+					} else {
+						t.Logf("not recognised as gRPC: %+v", summarize(c))
+					}
+				}
 				reported++
 				if c.Flags&parser.FlagPartial != 0 {
 					partialCalls++
 				}
 			}
 		}
-		t.Logf("joined at every 7th byte: %d calls reported, %d partial", reported, partialCalls)
+		t.Logf("joined at every 7th byte: %d calls reported, %d partial; %d of the %d seen whole recognised as gRPC",
+			reported, partialCalls, asGRPC, seenWhole)
+		// Every call on this connection is gRPC. One that began after the
+		// join is recognised even when its content type is an HPACK entry
+		// indexed before the join: by grpc-status in its trailers or by
+		// its message framing.
+		if seenWhole == 0 || asGRPC != seenWhole {
+			t.Errorf("%d of %d whole joined calls recognised as gRPC", asGRPC, seenWhole)
+		}
 	})
 }
 

@@ -158,6 +158,9 @@ func (p *Parser) setResponse(st *stream) {
 func (p *Parser) setTrailers(st *stream) {
 	b := &p.blk
 	if b.has(kGRPCStatus) {
+		// Only gRPC answers with grpc-status; on a connection joined
+		// mid-stream it may be all that is left of the content type.
+		st.grpc = true
 		st.grpcStatus = atoi(b.get(kGRPCStatus))
 	}
 	if b.has(kGRPCMessage) {
@@ -186,6 +189,9 @@ func (p *Parser) finish(st *stream, ts int64) {
 	c := &p.call
 	c.Reset()
 	c.Protocol = parser.ProtoHTTP2
+	if !st.grpc && p.grpcByShape(st) {
+		st.grpc = true
+	}
 	if st.grpc {
 		c.Protocol = parser.ProtoGRPC
 		c.ReqMessages = st.msgs[parser.FromClient].count
@@ -444,4 +450,49 @@ func (b *blockInfo) field(name, value []byte, known bool) {
 	}
 	b.vals[k] = span{off: int32(len(b.buf)), n: int32(len(value))}
 	b.buf = append(b.buf, value...)
+}
+
+// grpcByShape recognises a gRPC call whose content type was lost to an
+// HPACK entry sent before the agent joined: a POST to /Service/Method
+// whose DATA in both directions tiles exactly into length-prefixed
+// messages, at least one of them from the client. The content type is
+// the only thing inferred; counts and sizes are still measured.
+func (p *Parser) grpcByShape(st *stream) bool {
+	if st.ct != none || st.reqH[parser.HdrContentType] != none || st.flags&parser.FlagPartial == 0 {
+		return false
+	}
+	if string(st.get(st.method)) != "POST" {
+		return false
+	}
+	// The path may be unknown too; when it is known it must have the
+	// /Service/Method shape.
+	if path := st.get(st.path); st.path != none && (len(path) < 4 || path[0] != '/' ||
+		bytes.Count(path, []byte("/")) != 2 || path[len(path)-1] == '/' || path[1] == '/') {
+		return false
+	}
+	req, resp := &st.msgs[parser.FromClient], &st.msgs[parser.FromServer]
+	return req.count > 0 && !req.partial() && !resp.partial()
+}
+
+// AdoptUpgrade takes the HTTP/1.1 request that upgraded the connection to
+// h2c (RFC 9113 §3.2 predecessor, RFC 7540 §3.2): it becomes stream 1,
+// complete from the client, and its response arrives as HTTP/2 frames.
+func (p *Parser) AdoptUpgrade(c *parser.Call) {
+	if c == nil || p.find(1) != nil {
+		return
+	}
+	st := p.open(1, c.Start)
+	st.reqHdr, st.reqDone = true, true
+	put := func(b []byte) span {
+		if b == nil {
+			return none
+		}
+		return st.put(b)
+	}
+	st.method, st.host, st.path, st.query = put(c.Method), put(c.Host), put(c.Path), put(c.Query)
+	for h := range parser.NumHeaders {
+		st.reqH[h] = put(c.ReqHeaders[h])
+	}
+	st.reqBytes = c.ReqBytes
+	st.flags |= parser.FlagUpgrade | (c.Flags & (parser.FlagPartial | parser.FlagReqTruncated))
 }
