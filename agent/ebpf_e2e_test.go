@@ -43,6 +43,12 @@ type liveAgent struct {
 
 func startAgent(t *testing.T) *liveAgent {
 	t.Helper()
+	return startAgentWith(t, EBPFSourceOptions{})
+}
+
+// startAgentWith is startAgent with source options (TLS tuning, say).
+func startAgentWith(t *testing.T, opts EBPFSourceOptions) *liveAgent {
+	t.Helper()
 	requireBPF(t)
 	a := &liveAgent{done: make(chan error, 1)}
 	var stats parser.Stats
@@ -51,7 +57,7 @@ func startAgent(t *testing.T) *liveAgent {
 		a.calls = append(a.calls, c.Clone())
 		a.mu.Unlock()
 	}))
-	src, err := OpenEBPFSource(bpf.Config{}, trk, EBPFSourceOptions{}, nil)
+	src, err := OpenEBPFSource(bpf.Config{}, trk, opts, nil)
 	if err != nil {
 		t.Fatalf("open eBPF source: %v", err)
 	}

@@ -24,6 +24,11 @@ type EBPFSourceOptions struct {
 	// MaxConns bounds the per-connection record sequence table used to
 	// spot lost records. 0 means DefaultMaxConns.
 	MaxConns int
+	// DisableTLS leaves TLS libraries unprobed: TLS connections are then
+	// not seen at all (their ciphertext is never parsed).
+	DisableTLS bool
+	// TLS tunes the TLS library attach manager.
+	TLS TLSOptions
 }
 
 // EBPFSourceStats count what the source did with the kernel's records.
@@ -46,6 +51,7 @@ type EBPFSourceStats struct {
 // Tracker, and it closes the Tracer before returning.
 type EBPFSource struct {
 	tr   *bpf.Tracer
+	tls  *TLSManager // nil when TLS is disabled
 	trk  *Tracker
 	log  *slog.Logger
 	opts EBPFSourceOptions
@@ -116,6 +122,14 @@ func (s *EBPFSource) Run(ctx context.Context) error {
 		s.snapshotKernel()
 		s.tr.Close()
 	}()
+	if s.tls != nil {
+		tlsCtx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { s.tls.Run(tlsCtx); close(done) }()
+		// Runs before the tracer is closed: no scan attaches to a
+		// tracer being torn down.
+		defer func() { cancel(); <-done }()
+	}
 
 	var rec bpf.Record
 	nextSweep := time.Now().Add(s.opts.SweepInterval)
@@ -195,7 +209,7 @@ func (s *EBPFSource) handle(rec *bpf.Record) {
 	}
 	info.PID = rec.PID
 	info.Comm = s.comm(rec.PID, rec.CommBytes())
-	info.TLS = false
+	info.TLS = rec.TLS
 
 	dir := parser.FromClient
 	if server == (rec.Dir == bpf.Egress) {
@@ -282,6 +296,16 @@ func (s *EBPFSource) Counters() map[string]uint64 {
 		"ebpf.cap_gap_bytes":    st.CapGapBytes,
 		"ebpf.bad_records":      st.ReadErrors,
 	}
+	if s.tls != nil {
+		ts := s.tls.Stats()
+		m["tls.scans"] = ts.Scans
+		m["tls.scan_nanos"] = ts.ScanNanos
+		m["tls.files_attached"] = ts.Attached
+		m["tls.files_detached"] = ts.Detached
+		m["tls.files_rejected"] = ts.Rejected
+		m["tls.files"] = ts.Files
+		m["tls.maps_errors"] = ts.MapsErrors
+	}
 	k, err := s.tr.Stats()
 	if err != nil {
 		if f := s.kernelFinal.Load(); f != nil {
@@ -300,6 +324,10 @@ func (s *EBPFSource) Counters() map[string]uint64 {
 		m["ebpf.kernel.not_http"] = k.NotHTTP
 		m["ebpf.kernel.conns"] = k.Conns
 		m["ebpf.kernel.closes"] = k.Closes
+		m["ebpf.kernel.tls_calls"] = k.TLSCalls
+		m["ebpf.kernel.tls_no_conn"] = k.TLSNoConn
+		m["ebpf.kernel.tls_nested"] = k.TLSNested
+		m["ebpf.kernel.tls_skipped_syscalls"] = k.TLSSkipped
 	}
 	return m
 }
@@ -318,5 +346,13 @@ func OpenEBPFSource(cfg bpf.Config, trk *Tracker, opts EBPFSourceOptions, logger
 	if _, err := SeedListeners(tr, logger); err != nil {
 		logger.Warn("seeding from the socket table failed", "err", err)
 	}
-	return NewEBPFSource(tr, trk, opts, logger.With("component", "source.ebpf")), nil
+	s := NewEBPFSource(tr, trk, opts, logger.With("component", "source.ebpf"))
+	if !opts.DisableTLS {
+		s.tls = NewTLSManager(tr, opts.TLS, logger.With("component", "tls"))
+		s.tls.Start()
+	}
+	return s, nil
 }
+
+// TLS returns the TLS library attach manager, nil when TLS is disabled.
+func (s *EBPFSource) TLS() *TLSManager { return s.tls }

@@ -70,6 +70,9 @@ enum rec_flag {
 	// FLAG_TRUNCATED: bytes [offset+len, total) of this unit were not
 	// copied (over the cap, an unreadable page, or the step bound).
 	FLAG_TRUNCATED = 1,
+	// FLAG_TLS: the payload is TLS plaintext taken from a TLS library
+	// call, not the bytes of a syscall.
+	FLAG_TLS = 2,
 };
 
 enum syscall_op {
@@ -127,10 +130,20 @@ struct counters {
 	__u64 not_http;        // connections marked not interesting
 	__u64 conns;           // connections tracked
 	__u64 closes;          // close records
+	__u64 tls_calls;       // TLS library calls that returned plaintext
+	__u64 tls_no_conn;     // of those, calls whose socket is unknown
+	__u64 tls_nested;      // TLS calls made inside another one, ignored
+	__u64 tls_skipped;     // ciphertext syscalls not copied
 };
 
 // conn_state is what the kernel remembers per socket.
-// Padding rules: as for event; size 56.
+// Padding rules: as for event; size 64.
+//
+// A socket that carried TLS plaintext has tls set: from then on its
+// syscall bytes (ciphertext) are never copied, and tls_proto, not proto,
+// says whether its plaintext is worth copying. proto keeps the verdict on
+// the ciphertext (normally PROTO_NONE from the handshake), which must not
+// stop the plaintext path.
 struct conn_state {
 	__u64 id;
 	__u32 seq[2];    // next record sequence per direction
@@ -141,7 +154,22 @@ struct conn_state {
 	__u8 role;
 	__u8 proto;
 	__u8 family;
-	__u8 _pad[1];
+	__u8 tls;
+	__u8 tls_proto;
+	__u8 _pad[7];
+};
+
+// ssl_call carries one TLS library call from its entry to its return on
+// one thread. The socket is learnt from the syscall the library makes on
+// this thread while inside the call.
+struct ssl_call {
+	__u64 ssl;       // SSL *
+	__u64 buf;       // plaintext buffer
+	__u64 out_len;   // size_t * of the _ex variants, 0 otherwise
+	__u64 sk;        // struct sock * of a nested syscall, 0 if none yet
+	__u8 dir;        // enum direction
+	__u8 depth;      // TLS calls nested inside this one
+	__u8 _pad[6];
 };
 
 // stash carries a syscall's arguments from enter to exit on one thread.
@@ -225,6 +253,31 @@ struct {
 	__type(key, __u32);
 	__type(value, struct counters);
 } stats SEC(".maps");
+
+// ssl_calls: TLS library calls in progress, by thread.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); // pid_tgid
+	__type(value, struct ssl_call);
+} ssl_calls SEC(".maps");
+
+// ssl_socks remembers the socket of each TLS session, so that a read served
+// from the library's buffer (no syscall inside the call) still finds its
+// connection. Keyed by the SSL * and the tgid, since the pointer is only
+// unique within one process.
+struct ssl_key {
+	__u64 ssl;
+	__u32 tgid;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ssl_key);
+	__type(value, __u64); // struct sock *
+} ssl_socks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -425,6 +478,7 @@ struct walk {
 	__u8 dir;
 	__u8 open;        // a unit is being copied
 	__u8 done;
+	__u8 flags;       // flags every record of the walk carries
 };
 
 static __always_inline void submit(struct event *ev, __u32 len)
@@ -471,7 +525,7 @@ static __always_inline void flush(struct walk *w, int truncated)
 	s->ev.total = w->total;
 	s->ev.offset = w->chunk_off;
 	s->ev.len = w->fill;
-	s->ev.flags = truncated && w->chunk_off + w->fill < w->total ? FLAG_TRUNCATED : 0;
+	s->ev.flags = (truncated && w->chunk_off + w->fill < w->total ? FLAG_TRUNCATED : 0) | w->flags;
 	s->ev.seq = next_seq(w->sk, w->dir);
 	submit(&s->ev, w->fill);
 	w->chunk_off += w->fill;
@@ -642,8 +696,20 @@ static __always_inline int enter_data(__u64 fd, __u64 buf, __u64 vlen, __u8 op, 
 	if (!sk)
 		return 0;
 	__u64 key = (__u64)sk;
+	// Inside a TLS library call the bytes are ciphertext: only the socket
+	// is of use, to the call's return probe.
+	struct ssl_call *call = bpf_map_lookup_elem(&ssl_calls, &id);
+	if (call) {
+		if (op != OP_CONNECT) {
+			call->sk = key;
+			struct counters *cnt = counters();
+			if (cnt)
+				cnt->tls_skipped++;
+			return 0;
+		}
+	}
 	struct conn_state *c = bpf_map_lookup_elem(&conns, &key);
-	if (c && c->proto == PROTO_NONE)
+	if (c && (c->proto == PROTO_NONE || c->tls))
 		return 0;
 	struct stash st = {
 		.buf = buf,
@@ -655,6 +721,38 @@ static __always_inline int enter_data(__u64 fd, __u64 buf, __u64 vlen, __u8 op, 
 	};
 	bpf_map_update_elem(&stashes, &id, &st, BPF_ANY);
 	return 0;
+}
+
+/* process_comm names the process, not the thread: runtimes name their
+ * threads (grpcio's "default-executo", a JVM's "C2 CompilerThre"), and a
+ * call belongs to the program that made it. */
+static __always_inline void process_comm(char *dst)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	if (!leader || bpf_probe_read_kernel_str(dst, 16, &leader->comm) < 0)
+		bpf_get_current_comm(dst, 16);
+}
+
+/* data_header fills a data record's header for connection c. */
+static __always_inline void data_header(struct event *ev, __u64 id, __u32 fd,
+					__u8 dir, __u8 proto, const struct conn_state *c)
+{
+	ev->kind = KIND_DATA;
+	ev->conn_id = c->id;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->pid = id >> 32;
+	ev->tid = (__u32)id;
+	ev->fd = fd;
+	ev->role = c->role;
+	ev->dir = dir;
+	ev->proto = proto;
+	ev->family = c->family;
+	ev->lport = c->lport;
+	ev->rport = c->rport;
+	__builtin_memcpy(ev->laddr, c->laddr, 16);
+	__builtin_memcpy(ev->raddr, c->raddr, 16);
+	process_comm(ev->comm);
 }
 
 static __always_inline int exit_data(long ret)
@@ -669,7 +767,7 @@ static __always_inline int exit_data(long ret)
 		return 0;
 
 	struct conn_state *c = bpf_map_lookup_elem(&conns, &st.sk);
-	if (c && c->proto == PROTO_NONE)
+	if (c && (c->proto == PROTO_NONE || c->tls))
 		return 0;
 	if (!c || c->proto == PROTO_UNKNOWN) {
 		__u64 addr = 0, len = 0;
@@ -704,21 +802,7 @@ static __always_inline int exit_data(long ret)
 	struct scratch *s = bpf_map_lookup_elem(&scratches, &zero);
 	if (!s)
 		return 0;
-	s->ev.kind = KIND_DATA;
-	s->ev.conn_id = c->id;
-	s->ev.ts_ns = bpf_ktime_get_ns();
-	s->ev.pid = id >> 32;
-	s->ev.tid = (__u32)id;
-	s->ev.fd = st.fd;
-	s->ev.role = c->role;
-	s->ev.dir = st.dir;
-	s->ev.proto = c->proto;
-	s->ev.family = c->family;
-	s->ev.lport = c->lport;
-	s->ev.rport = c->rport;
-	__builtin_memcpy(s->ev.laddr, c->laddr, 16);
-	__builtin_memcpy(s->ev.raddr, c->raddr, 16);
-	bpf_get_current_comm(s->ev.comm, sizeof(s->ev.comm));
+	data_header(&s->ev, id, st.fd, st.dir, c->proto, c);
 
 	struct walk w = {
 		.sk = st.sk,
@@ -768,7 +852,8 @@ static __always_inline int exit_data(long ret)
 // emit_close tells user space that a connection ended and forgets it.
 static __always_inline void emit_close(__u64 key, struct conn_state *c)
 {
-	if (c->proto == PROTO_HTTP1 || c->proto == PROTO_HTTP2) {
+	__u8 proto = c->tls ? c->tls_proto : c->proto;
+	if (proto == PROTO_HTTP1 || proto == PROTO_HTTP2) {
 		struct event ev = {};
 		__u64 id = bpf_get_current_pid_tgid();
 		ev.kind = KIND_CLOSE;
@@ -777,7 +862,8 @@ static __always_inline void emit_close(__u64 key, struct conn_state *c)
 		ev.pid = id >> 32;
 		ev.tid = (__u32)id;
 		ev.role = c->role;
-		ev.proto = c->proto;
+		ev.proto = proto;
+		ev.flags = c->tls ? FLAG_TLS : 0;
 		ev.family = c->family;
 		ev.lport = c->lport;
 		ev.rport = c->rport;
@@ -962,4 +1048,167 @@ int sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	if (c)
 		emit_close(key, c);
 	return 0;
+}
+
+
+// TLS libraries (OpenSSL 1.1 and 3, and ABI-compatible forks).
+//
+// An entry probe notes the call on its thread; the read or write syscall
+// the library makes inside the call names the socket (enter_data); the
+// return probe copies the plaintext into the ring on that socket's
+// connection. No library struct is read, so no offsets are needed. The
+// probes read the x86-64 SysV argument registers directly.
+
+static __always_inline int ssl_enter(struct pt_regs *ctx, __u8 dir, int ex)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if ((__u32)(id >> 32) == self_tgid)
+		return 0;
+	struct ssl_call *outer = bpf_map_lookup_elem(&ssl_calls, &id);
+	if (outer) {
+		// A TLS call made inside another (a callback): the outer call
+		// owns the thread's syscalls and its plaintext.
+		outer->depth++;
+		return 0;
+	}
+	struct ssl_call call = {
+		.ssl = ctx->di,
+		.buf = ctx->si,
+		.out_len = ex ? ctx->cx : 0,
+		.dir = dir,
+	};
+	bpf_map_update_elem(&ssl_calls, &id, &call, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int ssl_return(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct ssl_call *cp = bpf_map_lookup_elem(&ssl_calls, &id);
+	if (!cp)
+		return 0;
+	if (cp->depth) {
+		cp->depth--;
+		struct counters *cnt = counters();
+		if (cnt)
+			cnt->tls_nested++;
+		return 0;
+	}
+	struct ssl_call call = *cp;
+	bpf_map_delete_elem(&ssl_calls, &id);
+
+	long ret = (long)(int)ctx->ax;
+	if (ret <= 0)
+		return 0;
+	__u64 n = ret;
+	if (call.out_len) {
+		// SSL_read_ex / SSL_write_ex return 1 and store the count.
+		if (bpf_probe_read_user(&n, sizeof(n), (void *)call.out_len))
+			return 0;
+	}
+	if (!n || n > 0x7fffffff)
+		return 0;
+
+	struct counters *cnt = counters();
+	if (cnt)
+		cnt->tls_calls++;
+	struct ssl_key sk_key = {.ssl = call.ssl, .tgid = id >> 32};
+	__u64 sk = call.sk;
+	struct conn_state *c = NULL;
+	if (sk) {
+		bpf_map_update_elem(&ssl_socks, &sk_key, &sk, BPF_ANY);
+		c = bpf_map_lookup_elem(&conns, &sk);
+		if (!c)
+			c = new_conn(sk, (struct sock *)sk, ROLE_UNKNOWN);
+	} else {
+		// Served from the library's buffer: the socket of the session's
+		// last syscall. A socket whose state is gone (closed) is not
+		// revived from a stale pointer.
+		__u64 *known = bpf_map_lookup_elem(&ssl_socks, &sk_key);
+		if (known) {
+			sk = *known;
+			c = bpf_map_lookup_elem(&conns, &sk);
+		}
+	}
+	if (!c) {
+		if (cnt)
+			cnt->tls_no_conn++;
+		return 0;
+	}
+	c->tls = 1;
+	if (c->tls_proto == PROTO_NONE)
+		return 0;
+	if (c->tls_proto == PROTO_UNKNOWN) {
+		__u8 head[PEEK] = {};
+		__u64 len = n;
+		if (len > PEEK)
+			len = PEEK;
+		if (bpf_probe_read_user(head, len, (void *)call.buf))
+			return 0;
+		int side = -1;
+		__u8 proto = classify(head, len, &side);
+		c->tls_proto = proto;
+		if (proto == PROTO_NONE) {
+			if (cnt)
+				cnt->not_http++;
+			return 0;
+		}
+		if (c->role == ROLE_UNKNOWN)
+			c->role = infer_role(side, call.dir, c);
+	}
+
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratches, &zero);
+	if (!s)
+		return 0;
+	data_header(&s->ev, id, 0, call.dir, c->tls_proto, c);
+
+	struct walk w = {
+		.sk = sk,
+		.dir = call.dir,
+		.cap = payload_cap < MAX_CAP ? payload_cap : MAX_CAP,
+		.seg = call.buf,
+		.seg_left = n,
+		.flags = FLAG_TLS,
+	};
+	open_unit(&w, n);
+	bpf_loop(MAX_STEPS, step, &w, 0);
+	if (!w.done && w.open) {
+		if (cnt)
+			cnt->step_limit++;
+		close_unit(&w);
+	}
+	return 0;
+}
+
+SEC("uprobe/SSL_write")
+int ssl_write(struct pt_regs *ctx)
+{
+	return ssl_enter(ctx, DIR_EGRESS, 0);
+}
+
+SEC("uprobe/SSL_write_ex")
+int ssl_write_ex(struct pt_regs *ctx)
+{
+	return ssl_enter(ctx, DIR_EGRESS, 1);
+}
+
+SEC("uprobe/SSL_read")
+int ssl_read(struct pt_regs *ctx)
+{
+	return ssl_enter(ctx, DIR_INGRESS, 0);
+}
+
+SEC("uprobe/SSL_read_ex")
+int ssl_read_ex(struct pt_regs *ctx)
+{
+	return ssl_enter(ctx, DIR_INGRESS, 1);
+}
+
+// One return program serves all four: the direction and the kind of
+// length were noted at entry.
+SEC("uretprobe/SSL_rw")
+int ssl_ret(struct pt_regs *ctx)
+{
+	return ssl_return(ctx);
 }

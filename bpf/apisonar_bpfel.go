@@ -31,17 +31,19 @@ const (
 )
 
 type apisonarConnState struct {
-	_      structs.HostLayout
-	Id     uint64
-	Seq    [2]uint32
-	Lport  uint16
-	Rport  uint16
-	Laddr  [16]uint8
-	Raddr  [16]uint8
-	Role   uint8
-	Proto  uint8
-	Family uint8
-	Pad    [1]uint8
+	_        structs.HostLayout
+	Id       uint64
+	Seq      [2]uint32
+	Lport    uint16
+	Rport    uint16
+	Laddr    [16]uint8
+	Raddr    [16]uint8
+	Role     uint8
+	Proto    uint8
+	Family   uint8
+	Tls      uint8
+	TlsProto uint8
+	Pad      [7]uint8
 }
 
 type apisonarCounters struct {
@@ -57,6 +59,10 @@ type apisonarCounters struct {
 	NotHttp        uint64
 	Conns          uint64
 	Closes         uint64
+	TlsCalls       uint64
+	TlsNoConn      uint64
+	TlsNested      uint64
+	TlsSkipped     uint64
 }
 
 type apisonarDirection uint32
@@ -95,6 +101,7 @@ type apisonarRecFlag uint32
 
 const (
 	apisonarRecFlagFLAG_TRUNCATED apisonarRecFlag = 1
+	apisonarRecFlagFLAG_TLS       apisonarRecFlag = 2
 )
 
 type apisonarRecKind uint32
@@ -108,6 +115,24 @@ type apisonarScratch struct {
 	_    structs.HostLayout
 	Ev   apisonarEvent
 	Data [8192]uint8
+}
+
+type apisonarSslCall struct {
+	_      structs.HostLayout
+	Ssl    uint64
+	Buf    uint64
+	OutLen uint64
+	Sk     uint64
+	Dir    uint8
+	Depth  uint8
+	Pad    [6]uint8
+}
+
+type apisonarSslKey struct {
+	_    structs.HostLayout
+	Ssl  uint64
+	Tgid uint32
+	Pad  uint32
 }
 
 type apisonarStash struct {
@@ -129,6 +154,8 @@ const (
 	apisonarMapEvents           = "events"
 	apisonarMapListenPorts      = "listen_ports"
 	apisonarMapScratches        = "scratches"
+	apisonarMapSslCalls         = "ssl_calls"
+	apisonarMapSslSocks         = "ssl_socks"
 	apisonarMapStashes          = "stashes"
 	apisonarMapStats            = "stats"
 	apisonarProgEnterClose      = "enter_close"
@@ -157,6 +184,11 @@ const (
 	apisonarProgExitWrite       = "exit_write"
 	apisonarProgExitWritev      = "exit_writev"
 	apisonarProgSockState       = "sock_state"
+	apisonarProgSslRead         = "ssl_read"
+	apisonarProgSslReadEx       = "ssl_read_ex"
+	apisonarProgSslRet          = "ssl_ret"
+	apisonarProgSslWrite        = "ssl_write"
+	apisonarProgSslWriteEx      = "ssl_write_ex"
 	apisonarVarNextConnId       = "next_conn_id"
 	apisonarVarPayloadCap       = "payload_cap"
 	apisonarVarSelfTgid         = "self_tgid"
@@ -232,6 +264,11 @@ type apisonarProgramSpecs struct {
 	ExitWrite     *ebpf.ProgramSpec `ebpf:"exit_write"`
 	ExitWritev    *ebpf.ProgramSpec `ebpf:"exit_writev"`
 	SockState     *ebpf.ProgramSpec `ebpf:"sock_state"`
+	SslRead       *ebpf.ProgramSpec `ebpf:"ssl_read"`
+	SslReadEx     *ebpf.ProgramSpec `ebpf:"ssl_read_ex"`
+	SslRet        *ebpf.ProgramSpec `ebpf:"ssl_ret"`
+	SslWrite      *ebpf.ProgramSpec `ebpf:"ssl_write"`
+	SslWriteEx    *ebpf.ProgramSpec `ebpf:"ssl_write_ex"`
 }
 
 // apisonarMapSpecs contains maps before they are loaded into the kernel.
@@ -242,6 +279,8 @@ type apisonarMapSpecs struct {
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
 	Scratches   *ebpf.MapSpec `ebpf:"scratches"`
+	SslCalls    *ebpf.MapSpec `ebpf:"ssl_calls"`
+	SslSocks    *ebpf.MapSpec `ebpf:"ssl_socks"`
 	Stashes     *ebpf.MapSpec `ebpf:"stashes"`
 	Stats       *ebpf.MapSpec `ebpf:"stats"`
 }
@@ -281,6 +320,8 @@ type apisonarMaps struct {
 	Events      *ebpf.Map `ebpf:"events"`
 	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
 	Scratches   *ebpf.Map `ebpf:"scratches"`
+	SslCalls    *ebpf.Map `ebpf:"ssl_calls"`
+	SslSocks    *ebpf.Map `ebpf:"ssl_socks"`
 	Stashes     *ebpf.Map `ebpf:"stashes"`
 	Stats       *ebpf.Map `ebpf:"stats"`
 }
@@ -291,6 +332,8 @@ func (m *apisonarMaps) Close() error {
 		m.Events,
 		m.ListenPorts,
 		m.Scratches,
+		m.SslCalls,
+		m.SslSocks,
 		m.Stashes,
 		m.Stats,
 	)
@@ -337,6 +380,11 @@ type apisonarPrograms struct {
 	ExitWrite     *ebpf.Program `ebpf:"exit_write"`
 	ExitWritev    *ebpf.Program `ebpf:"exit_writev"`
 	SockState     *ebpf.Program `ebpf:"sock_state"`
+	SslRead       *ebpf.Program `ebpf:"ssl_read"`
+	SslReadEx     *ebpf.Program `ebpf:"ssl_read_ex"`
+	SslRet        *ebpf.Program `ebpf:"ssl_ret"`
+	SslWrite      *ebpf.Program `ebpf:"ssl_write"`
+	SslWriteEx    *ebpf.Program `ebpf:"ssl_write_ex"`
 }
 
 func (p *apisonarPrograms) Close() error {
@@ -367,6 +415,11 @@ func (p *apisonarPrograms) Close() error {
 		p.ExitWrite,
 		p.ExitWritev,
 		p.SockState,
+		p.SslRead,
+		p.SslReadEx,
+		p.SslRet,
+		p.SslWrite,
+		p.SslWriteEx,
 	)
 }
 

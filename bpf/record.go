@@ -89,7 +89,10 @@ type Record struct {
 	Seq uint32
 	// Truncated: bytes [Offset+len(Payload), Total) were not copied.
 	Truncated bool
-	Payload   []byte
+	// TLS: the connection's bytes are TLS plaintext taken from a TLS
+	// library call (Total is the call's byte count; FD is 0).
+	TLS     bool
+	Payload []byte
 }
 
 // CommBytes returns the command name without its NUL padding.
@@ -141,6 +144,7 @@ func (r *Record) decode(raw []byte) error {
 	r.Remote = netip.AddrPortFrom(addr(ev.Family, &ev.Raddr), ev.Rport)
 	r.Total, r.Offset, r.Seq = ev.Total, ev.Offset, ev.Seq
 	r.Truncated = ev.Flags&uint8(apisonarRecFlagFLAG_TRUNCATED) != 0
+	r.TLS = ev.Flags&uint8(apisonarRecFlagFLAG_TLS) != 0
 	r.Payload = raw[headerSize : headerSize+n]
 	return nil
 }

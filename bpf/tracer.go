@@ -105,9 +105,10 @@ type Tracer struct {
 	stats  *ebpf.Map
 	listen *ebpf.Map
 
-	mu       sync.Mutex // guards deadline and closed across goroutines
+	mu       sync.Mutex // guards deadline, closed and uprobes across goroutines
 	deadline time.Time
 	closed   bool
+	uprobes  map[FileID]*sslLinks
 
 	closeOnce sync.Once
 	closeErr  error
@@ -173,6 +174,10 @@ func Open(cfg Config, logger *slog.Logger) (*Tracer, error) {
 	}
 	sort.Strings(names)
 	for _, name := range names {
+		if isUprobe(spec.Programs[name].SectionName) {
+			// Bound to library files later, by AttachSSL.
+			continue
+		}
 		group, event, ok := tracepointOf(spec.Programs[name].SectionName)
 		if !ok {
 			t.Close()
@@ -286,6 +291,10 @@ type Stats struct {
 	NotHTTP                   uint64 // connections marked not interesting
 	Conns                     uint64 // connections tracked
 	Closes                    uint64 // close records
+	TLSCalls                  uint64 // TLS library calls that returned plaintext
+	TLSNoConn                 uint64 // of those, calls whose socket was unknown
+	TLSNested                 uint64 // TLS calls inside another, ignored
+	TLSSkipped                uint64 // ciphertext syscalls inside TLS calls, not copied
 }
 
 // Stats reads the kernel counters. It may be called from any goroutine;
@@ -313,6 +322,10 @@ func (t *Tracer) Stats() (Stats, error) {
 		s.NotHTTP += c.NotHttp
 		s.Conns += c.Conns
 		s.Closes += c.Closes
+		s.TLSCalls += c.TlsCalls
+		s.TLSNoConn += c.TlsNoConn
+		s.TLSNested += c.TlsNested
+		s.TLSSkipped += c.TlsSkipped
 	}
 	return s, nil
 }
@@ -340,6 +353,7 @@ func (t *Tracer) Close() error {
 		t.closed = true
 		t.mu.Unlock()
 		var errs []error
+		errs = append(errs, t.closeUprobes())
 		for _, l := range t.links {
 			errs = append(errs, l.Close())
 		}

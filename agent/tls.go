@@ -1,0 +1,326 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/apisonar/apisonar/bpf"
+)
+
+// TLSOptions tune the TLS library attach manager. The zero value gives
+// defaults.
+type TLSOptions struct {
+	// ProcRoot is where processes are listed. "" means /proc.
+	ProcRoot string
+	// ScanInterval is how often /proc is scanned for library files not yet
+	// probed. 0 means 2 seconds.
+	ScanInterval time.Duration
+	// SystemLibs are library files probed at start whether or not a
+	// process maps them yet, so that processes started later that load
+	// them are covered from their first call. nil means the usual Debian,
+	// Red Hat and Alpine locations of libssl.so.3 and libssl.so.1.1.
+	SystemLibs []string
+}
+
+// DefaultSystemLibs are the libssl locations probed at start.
+var DefaultSystemLibs = []string{
+	"/lib/x86_64-linux-gnu/libssl.so.3",
+	"/usr/lib/x86_64-linux-gnu/libssl.so.3",
+	"/lib/x86_64-linux-gnu/libssl.so.1.1",
+	"/usr/lib/x86_64-linux-gnu/libssl.so.1.1",
+	"/usr/lib64/libssl.so.3",
+	"/usr/lib64/libssl.so.1.1",
+	"/lib/libssl.so.3",
+	"/usr/lib/libssl.so.3",
+}
+
+// TLSStats count the attach manager's work.
+type TLSStats struct {
+	Scans      uint64 // passes over /proc
+	ScanNanos  uint64 // time spent in them
+	Attached   uint64 // library files probed
+	Detached   uint64 // library files no longer mapped, probes removed
+	Rejected   uint64 // library files skipped (not OpenSSL-compatible, unreadable)
+	Files      uint64 // library files probed now
+	MapsErrors uint64 // processes whose maps could not be read (mostly: exited)
+}
+
+// tlsFile is one probed library file.
+type tlsFile struct {
+	path   string
+	pinned bool  // a system library: kept for processes yet to start
+	seen   int64 // scan number that last found it mapped
+}
+
+// TLSManager finds the TLS libraries processes map and puts the tracer's
+// probes on each distinct file once.
+//
+// Uprobes bind to a file (device and inode), not to a process: one
+// attachment covers every process that maps the file, including processes
+// started later. The manager therefore only has to notice new files: the
+// system libssl is probed at start, and /proc/*/maps is scanned on an
+// interval for others (a container's own copy, reached through
+// /proc/PID/root, or a library at an unusual path). A scan, not the exec
+// tracepoint, drives this because at exec the dynamic loader has not yet
+// mapped anything, so an exec event could only start the same wait; the
+// interval bounds how long a process using a brand-new file goes unseen.
+//
+// Files that turn out not to be OpenSSL-compatible are logged once,
+// counted and never retried. A file no process maps any more is detached,
+// unless it is a system library.
+//
+// Scan and Run are used from one goroutine; Stats from any.
+type TLSManager struct {
+	tr   *bpf.Tracer
+	log  *slog.Logger
+	opts TLSOptions
+
+	files    map[bpf.FileID]*tlsFile
+	rejected map[bpf.FileID]bool
+	scan     int64
+
+	scans, scanNanos, attached, detached, rejectedN, nfiles, mapsErrs atomic.Uint64
+}
+
+// NewTLSManager returns a manager for tr. Nothing is attached until Start.
+func NewTLSManager(tr *bpf.Tracer, opts TLSOptions, logger *slog.Logger) *TLSManager {
+	if opts.ProcRoot == "" {
+		opts.ProcRoot = "/proc"
+	}
+	if opts.ScanInterval <= 0 {
+		opts.ScanInterval = 2 * time.Second
+	}
+	if opts.SystemLibs == nil {
+		opts.SystemLibs = DefaultSystemLibs
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &TLSManager{
+		tr:       tr,
+		log:      logger,
+		opts:     opts,
+		files:    make(map[bpf.FileID]*tlsFile),
+		rejected: make(map[bpf.FileID]bool),
+	}
+}
+
+// Start probes the system libraries and runs a first scan, so that TLS
+// traffic is seen as soon as Start returns.
+func (m *TLSManager) Start() {
+	for _, p := range m.opts.SystemLibs {
+		if _, err := os.Stat(p); err != nil {
+			continue
+		}
+		if f := m.attach(p); f != nil {
+			f.pinned = true
+		}
+	}
+	m.Scan()
+}
+
+// Run scans every ScanInterval until ctx is done.
+func (m *TLSManager) Run(ctx context.Context) {
+	tick := time.NewTicker(m.opts.ScanInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			m.Scan()
+		}
+	}
+}
+
+// Scan reads every process's memory map, probes the TLS library files not
+// probed yet and detaches the ones no longer mapped.
+func (m *TLSManager) Scan() {
+	start := time.Now()
+	m.scan++
+	ents, err := os.ReadDir(m.opts.ProcRoot)
+	if err != nil {
+		m.log.Warn("list processes", "err", err)
+		return
+	}
+	var buf []byte
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= 0 {
+			continue
+		}
+		buf, err = m.scanPID(pid, buf)
+		if err != nil {
+			m.mapsErrs.Add(1)
+		}
+	}
+	for id, f := range m.files {
+		if f.pinned || f.seen == m.scan {
+			continue
+		}
+		if err := m.tr.DetachSSL(id); err != nil {
+			m.log.Warn("detach TLS probes", "path", f.path, "err", err)
+		}
+		delete(m.files, id)
+		m.detached.Add(1)
+	}
+	m.nfiles.Store(uint64(len(m.files)))
+	m.scans.Add(1)
+	m.scanNanos.Add(uint64(time.Since(start)))
+}
+
+// scanPID looks for TLS libraries in one process's maps. buf is reused
+// between calls.
+func (m *TLSManager) scanPID(pid int, buf []byte) ([]byte, error) {
+	buf, err := readFileInto(filepath.Join(m.opts.ProcRoot, strconv.Itoa(pid), "maps"), buf)
+	if err != nil {
+		return buf, err
+	}
+	if !bytes.Contains(buf, []byte("/libssl.so")) {
+		return buf, nil
+	}
+	sc := bufio.NewScanner(bytes.NewReader(buf))
+	for sc.Scan() {
+		id, path, ok := parseMapsLine(sc.Bytes())
+		if !ok || !isLibSSL(path) {
+			continue
+		}
+		if f, ok := m.files[id]; ok {
+			f.seen = m.scan
+			continue
+		}
+		if m.rejected[id] {
+			continue
+		}
+		// Through the process's root, so that a library inside another
+		// mount namespace (a container) is opened as that process sees
+		// it.
+		full := filepath.Join(m.opts.ProcRoot, strconv.Itoa(pid), "root", path)
+		got, err := bpf.StatFile(full)
+		if err != nil || got != id {
+			// Replaced or gone since the map was read: next scan.
+			continue
+		}
+		if f := m.attach(full); f != nil {
+			f.seen = m.scan
+		}
+	}
+	return buf, nil
+}
+
+// attach probes one file, recording it as probed or rejected.
+func (m *TLSManager) attach(path string) *tlsFile {
+	id, fresh, err := m.tr.AttachSSL(path)
+	if err != nil {
+		if id != (bpf.FileID{}) && !m.rejected[id] {
+			m.rejected[id] = true
+			m.rejectedN.Add(1)
+			m.log.Warn("TLS library skipped", "path", path, "file", id.String(), "err", err)
+		}
+		return nil
+	}
+	f, ok := m.files[id]
+	if !ok {
+		f = &tlsFile{path: path, seen: m.scan}
+		m.files[id] = f
+	}
+	if fresh {
+		m.attached.Add(1)
+	}
+	m.nfiles.Store(uint64(len(m.files)))
+	return f
+}
+
+// Stats returns the manager's counters.
+func (m *TLSManager) Stats() TLSStats {
+	return TLSStats{
+		Scans:      m.scans.Load(),
+		ScanNanos:  m.scanNanos.Load(),
+		Attached:   m.attached.Load(),
+		Detached:   m.detached.Load(),
+		Rejected:   m.rejectedN.Load(),
+		Files:      m.nfiles.Load(),
+		MapsErrors: m.mapsErrs.Load(),
+	}
+}
+
+// isLibSSL matches OpenSSL's libssl.so and its versioned names, not NSS's
+// libssl3.so.
+func isLibSSL(path string) bool {
+	base := filepath.Base(path)
+	return base == "libssl.so" || strings.HasPrefix(base, "libssl.so.")
+}
+
+// parseMapsLine splits one /proc/PID/maps line:
+//
+//	address perms offset major:minor inode path
+//
+// It returns the file's identity and path; ok is false for anonymous and
+// deleted mappings and for malformed lines.
+func parseMapsLine(line []byte) (bpf.FileID, string, bool) {
+	var fields [5][]byte
+	rest := line
+	for i := range fields {
+		rest = bytes.TrimLeft(rest, " ")
+		j := bytes.IndexByte(rest, ' ')
+		if j < 0 {
+			return bpf.FileID{}, "", false
+		}
+		fields[i], rest = rest[:j], rest[j:]
+	}
+	path := string(bytes.TrimLeft(rest, " "))
+	if !strings.HasPrefix(path, "/") || strings.HasSuffix(path, " (deleted)") {
+		return bpf.FileID{}, "", false
+	}
+	majmin := fields[3]
+	k := bytes.IndexByte(majmin, ':')
+	if k < 0 {
+		return bpf.FileID{}, "", false
+	}
+	major, err1 := strconv.ParseUint(string(majmin[:k]), 16, 32)
+	minor, err2 := strconv.ParseUint(string(majmin[k+1:]), 16, 32)
+	ino, err3 := strconv.ParseUint(string(fields[4]), 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || ino == 0 {
+		return bpf.FileID{}, "", false
+	}
+	return bpf.FileID{Dev: unix.Mkdev(uint32(major), uint32(minor)), Ino: ino}, path, true
+}
+
+// readFileInto reads a whole (proc) file into buf's storage.
+func readFileInto(path string, buf []byte) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return buf, err
+	}
+	defer f.Close()
+	if cap(buf) < 64<<10 {
+		buf = make([]byte, 0, 64<<10)
+	}
+	buf = buf[:0]
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := f.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if errors.Is(err, io.EOF) {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, fmt.Errorf("read %s: %w", path, err)
+		}
+	}
+}
