@@ -412,15 +412,15 @@ func (inv *Inventory) render(f *findingState) Finding {
 	switch f.kind {
 	case KindShadowAPI:
 		out.Evidence["declared_operations"] = len(api.Current.Ops)
-		out.Summary = fmt.Sprintf("%s on %s matches none of the %d operations of spec %q %s; %d calls seen.",
-			ep, out.Service, len(api.Current.Ops), api.Title, api.Current.Version, out.Count)
+		out.Summary = fmt.Sprintf("%s on %s matches none of the %d operations of spec %q %s; %s seen.",
+			ep, out.Service, len(api.Current.Ops), api.Title, api.Current.Version, calls(out.Count))
 	case KindZombieAPI:
 		out.Evidence["reason"] = f.subject
 		out.Evidence["operation"] = spec.MethodName(e.Op.Method) + " " + e.Op.Path
 		if f.subject == "removed" {
 			out.Evidence["declared_in_version"] = e.Op.Doc.Version
-			out.Summary = fmt.Sprintf("%s on %s answers %d calls although spec %q removed it in %s (last declared in %s).",
-				ep, out.Service, out.Count, api.Title, api.Current.Version, e.Op.Doc.Version)
+			out.Summary = fmt.Sprintf("%s on %s answers %s although spec %q removed it in %s (last declared in %s).",
+				ep, out.Service, calls(out.Count), api.Title, api.Current.Version, e.Op.Doc.Version)
 		} else {
 			out.Summary = fmt.Sprintf("%s on %s is deprecated in spec %q %s and still answers calls: %d seen.",
 				ep, out.Service, api.Title, api.Current.Version, out.Count)
@@ -444,4 +444,12 @@ func (inv *Inventory) render(f *findingState) Finding {
 			ep, out.Service, f.subject, api.Title, api.Current.Version, out.Count)
 	}
 	return out
+}
+
+// calls says how many calls, in English.
+func calls(n uint64) string {
+	if n == 1 {
+		return "1 call"
+	}
+	return strconv.FormatUint(n, 10) + " calls"
 }
