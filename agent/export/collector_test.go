@@ -1,289 +1,24 @@
 package export
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/apisonar/apisonar/internal/otelcoltest"
 )
 
-// The end-to-end tests run a real OpenTelemetry Collector, built once by
-// the collector builder from testdata/otelcol-builder.yaml into
-// $HOME/.cache/apisonar-test and reused while the manifest is unchanged.
-const builderModule = "go.opentelemetry.io/collector/cmd/builder@v0.140.0"
-
-// unavailable skips, or fails under CI=true, where nothing may skip.
-func unavailable(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf(format, args...)
-	}
-	t.Skipf(format, args...)
-}
-
-// collectorBinary returns the path of the test collector, building it the
-// first time (a few minutes; needs the Go module proxy).
-func collectorBinary(t *testing.T) string {
-	t.Helper()
-	manifest, err := os.ReadFile("testdata/otelcol-builder.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(manifest)
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		unavailable(t, "no cache directory for the collector build: %v", err)
-	}
-	dir := filepath.Join(cache, "apisonar-test", "otelcol-"+hex.EncodeToString(sum[:6]))
-	bin := filepath.Join(dir, "src", "otelcol-apisonar-test")
-	if _, err := os.Stat(bin); err == nil {
-		return bin
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		unavailable(t, "go toolchain not on PATH, cannot build the collector: %v", err)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	env := append(os.Environ(), "GOSUMDB=off", "GOBIN="+filepath.Join(dir, "bin"))
-	builder := filepath.Join(dir, "bin", "builder")
-	if _, err := os.Stat(builder); err != nil {
-		t.Logf("installing %s", builderModule)
-		cmd := exec.Command(goBin, "install", builderModule)
-		cmd.Env = env
-		if out, err := cmd.CombinedOutput(); err != nil {
-			unavailable(t, "cannot install the collector builder (no module proxy?): %v\n%s", err, out)
-		}
-	}
-	// The builder resolves output_path against its working directory;
-	// point it into the cache.
-	src := filepath.Join(dir, "src")
-	m := regexp.MustCompile(`(?m)^(\s*output_path:).*$`).ReplaceAll(manifest, []byte("${1} "+src))
-	mpath := filepath.Join(dir, "manifest.yaml")
-	if err := os.WriteFile(mpath, m, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("building the OpenTelemetry Collector into %s (a few minutes the first time)", dir)
-	cmd := exec.Command(builder, "--config", mpath)
-	cmd.Dir = dir
-	cmd.Env = env
-	if out, err := cmd.CombinedOutput(); err != nil {
-		unavailable(t, "building the collector failed (no module proxy?): %v\n%s", err, out)
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("the builder did not produce %s: %v", bin, err)
-	}
-	return bin
-}
-
-// syncBuffer collects a process's output while tests read it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// collector is one run of the test collector.
-type collector struct {
-	cmd    *exec.Cmd
-	out    *syncBuffer // debug exporter output
-	errOut *syncBuffer // the collector's own log
-	done   chan struct{}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// startCollector runs bin with an OTLP receiver on the two loopback ports
-// and the debug exporter at detailed verbosity, without sampling.
-func startCollector(t *testing.T, bin string, grpcPort, httpPort int) *collector {
-	t.Helper()
-	cfg := fmt.Sprintf(`receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: 127.0.0.1:%d
-      http:
-        endpoint: 127.0.0.1:%d
-exporters:
-  debug:
-    verbosity: detailed
-    use_internal_logger: false
-    sampling_initial: 1000000
-    sampling_thereafter: 1
-service:
-  telemetry:
-    metrics:
-      level: none
-  pipelines:
-    logs:
-      receivers: [otlp]
-      exporters: [debug]
-    metrics:
-      receivers: [otlp]
-      exporters: [debug]
-`, grpcPort, httpPort)
-	path := filepath.Join(t.TempDir(), "otelcol.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c := &collector{out: &syncBuffer{}, errOut: &syncBuffer{}, done: make(chan struct{})}
-	c.cmd = exec.Command(bin, "--config", path)
-	c.cmd.Stdout, c.cmd.Stderr = c.out, c.errOut
-	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = c.cmd.Wait(); close(c.done) }()
-	t.Cleanup(c.stop)
-	ready := waitFor(30*time.Second, func() bool {
-		select {
-		case <-c.done:
-			return true
-		default:
-		}
-		for _, p := range []int{grpcPort, httpPort} {
-			conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p), 100*time.Millisecond)
-			if err != nil {
-				return false
-			}
-			conn.Close()
-		}
-		return true
-	})
-	select {
-	case <-c.done:
-		t.Fatalf("collector exited:\n%s", c.errOut.String())
-	default:
-	}
-	if !ready {
-		c.stop()
-		t.Fatalf("collector did not listen within 30s:\n%s", c.errOut.String())
-	}
-	return c
-}
-
-func (c *collector) stop() {
-	select {
-	case <-c.done:
-		return
-	default:
-	}
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.done:
-	case <-time.After(10 * time.Second):
-		_ = c.cmd.Process.Kill()
-		<-c.done
-	}
-}
-
-// debugBlocks cuts the debug exporter's detailed output into the blocks
-// that start with marker ("LogRecord #", "Metric #"), each up to the next
-// block of any kind.
-func debugBlocks(out, marker string) []string {
-	starts := []string{"ResourceLog #", "ScopeLogs #", "LogRecord #", "ResourceMetrics #", "ScopeMetrics #", "Metric #"}
-	var blocks []string
-	var cur *strings.Builder
-	for line := range strings.Lines(out) {
-		isStart := false
-		for _, s := range starts {
-			if strings.HasPrefix(line, s) {
-				isStart = true
-			}
-		}
-		if isStart {
-			if cur != nil {
-				blocks = append(blocks, cur.String())
-				cur = nil
-			}
-			if strings.HasPrefix(line, marker) {
-				cur = &strings.Builder{}
-			}
-		}
-		if cur != nil {
-			cur.WriteString(line)
-		}
-	}
-	if cur != nil {
-		blocks = append(blocks, cur.String())
-	}
-	return blocks
-}
-
-// attrLines returns the "-> key: Value" lines of a block as a map (the
-// last value wins).
-func attrLines(block string) map[string]string {
-	m := map[string]string{}
-	for line := range strings.Lines(block) {
-		l := strings.TrimSpace(line)
-		if !strings.HasPrefix(l, "-> ") {
-			continue
-		}
-		k, v, ok := strings.Cut(strings.TrimPrefix(l, "-> "), ": ")
-		if ok {
-			m[k] = v
-		}
-	}
-	return m
-}
-
-// findingRecords returns the debug blocks of finding log records.
-func findingRecords(out string) []string {
-	var recs []string
-	for _, b := range debugBlocks(out, "LogRecord #") {
-		if strings.Contains(b, "\nEventName: apisonar.finding\n") {
-			recs = append(recs, b)
-		}
-	}
-	return recs
-}
-
-// lastMetric returns the last debug block describing metric name.
-func lastMetric(out, name string) string {
-	var last string
-	for _, b := range debugBlocks(out, "Metric #") {
-		if strings.Contains(b, "-> Name: "+name+"\n") {
-			last = b
-		}
-	}
-	return last
-}
+// The end-to-end tests run a real OpenTelemetry Collector (see
+// internal/otelcoltest), built once and cached.
 
 func TestCollectorEndToEnd(t *testing.T) {
 	if testing.Short() && os.Getenv("CI") != "true" {
 		t.Skip("runs a real collector; not in -short")
 	}
-	bin := collectorBinary(t)
+	bin := otelcoltest.Binary(t)
 	for _, proto := range []string{ProtocolGRPC, ProtocolHTTP} {
 		t.Run(strings.ReplaceAll(proto, "/", "_"), func(t *testing.T) {
 			testCollector(t, bin, proto)
@@ -292,8 +27,8 @@ func TestCollectorEndToEnd(t *testing.T) {
 }
 
 func testCollector(t *testing.T, bin, proto string) {
-	grpcPort, httpPort := freePort(t), freePort(t)
-	col := startCollector(t, bin, grpcPort, httpPort)
+	grpcPort, httpPort := otelcoltest.FreePort(t), otelcoltest.FreePort(t)
+	col := otelcoltest.Start(t, bin, grpcPort, httpPort)
 	port := grpcPort
 	if proto == ProtocolHTTP {
 		port = httpPort
@@ -327,15 +62,15 @@ func testCollector(t *testing.T, bin, proto string) {
 	e.Finding(f2)
 
 	if !waitFor(20*time.Second, func() bool {
-		out := col.out.String()
-		return len(findingRecords(out)) == 2 && lastMetric(out, "rpc.server.duration") != "" && lastMetric(out, "apisonar.parser.calls") != ""
+		out := col.Out.String()
+		return len(otelcoltest.FindingRecords(out)) == 2 && otelcoltest.LastMetric(out, "rpc.server.duration") != "" && otelcoltest.LastMetric(out, "apisonar.parser.calls") != ""
 	}) {
-		t.Fatalf("collector did not receive 2 findings and the metrics; stats %+v\nstdout:\n%s\nstderr:\n%s", e.Stats(), col.out.String(), col.errOut.String())
+		t.Fatalf("collector did not receive 2 findings and the metrics; stats %+v\nstdout:\n%s\nstderr:\n%s", e.Stats(), col.Out.String(), col.ErrOut.String())
 	}
-	out := col.out.String()
+	out := col.Out.String()
 
 	// Log records as the collector decoded them from the wire.
-	recs := findingRecords(out)
+	recs := otelcoltest.FindingRecords(out)
 	rec := recs[0]
 	for _, line := range []string{
 		"SeverityText: high", "SeverityNumber: Error(17)", "EventName: apisonar.finding",
@@ -370,7 +105,7 @@ func testCollector(t *testing.T, bin, proto string) {
 		"k8s.pod.name":                                "Str(shop-7d9)",
 		"k8s.namespace.name":                          "Str(prod)",
 	}
-	gotAttrs := attrLines(rec)
+	gotAttrs := otelcoltest.Attrs(rec)
 	for k, v := range wantAttrs {
 		if gotAttrs[k] != v {
 			t.Errorf("attribute %s = %q, want %q", k, gotAttrs[k], v)
@@ -390,7 +125,7 @@ func testCollector(t *testing.T, bin, proto string) {
 	}
 
 	// Metrics: names, units, types, attributes.
-	h := lastMetric(out, "http.server.request.duration")
+	h := otelcoltest.LastMetric(out, "http.server.request.duration")
 	for _, line := range []string{"-> Unit: s", "-> DataType: Histogram", "-> AggregationTemporality: Cumulative",
 		"-> http.request.method: Str(GET)", "-> http.route: Str(/users/{id})", "-> http.response.status_code: Int(200)",
 		"-> server.address: Str(10.0.0.1)", "-> server.port: Int(8080)", "Count: 2", "Sum: 0.060000",
@@ -399,14 +134,14 @@ func testCollector(t *testing.T, bin, proto string) {
 			t.Errorf("http.server.request.duration lacks %q:\n%s", line, h)
 		}
 	}
-	r := lastMetric(out, "rpc.server.duration")
+	r := otelcoltest.LastMetric(out, "rpc.server.duration")
 	for _, line := range []string{"-> Unit: ms", "-> DataType: Histogram", "-> rpc.system: Str(grpc)",
 		"-> rpc.service: Str(greet.GreetService)", "-> rpc.method: Str(Greet)", "-> rpc.grpc.status_code: Int(0)", "Sum: 7.000000"} {
 		if !strings.Contains(r, line+"\n") {
 			t.Errorf("rpc.server.duration lacks %q:\n%s", line, r)
 		}
 	}
-	p := lastMetric(out, "apisonar.parser.calls")
+	p := otelcoltest.LastMetric(out, "apisonar.parser.calls")
 	for _, line := range []string{"-> Unit: {calls}", "-> DataType: Sum", "-> IsMonotonic: true", "-> AggregationTemporality: Cumulative", "Value: 42"} {
 		if !strings.Contains(p, line+"\n") {
 			t.Errorf("apisonar.parser.calls lacks %q:\n%s", line, p)
@@ -418,7 +153,7 @@ func testCollector(t *testing.T, bin, proto string) {
 
 	// Outage: stop the collector, raise more findings than the queue
 	// holds, start it again on the same ports.
-	col.stop()
+	col.Stop()
 	before := e.Stats()
 	const raised = 7
 	for i := range raised {
@@ -432,17 +167,17 @@ func testCollector(t *testing.T, bin, proto string) {
 	if s := e.Stats(); s.FindingsDropped-before.FindingsDropped != raised-queue {
 		t.Fatalf("dropped %d during the outage, want %d", s.FindingsDropped-before.FindingsDropped, raised-queue)
 	}
-	col2 := startCollector(t, bin, grpcPort, httpPort)
-	if !waitFor(30*time.Second, func() bool { return len(findingRecords(col2.out.String())) >= queue }) {
-		t.Fatalf("after the outage received %d findings, want %d; stats %+v\n%s", len(findingRecords(col2.out.String())), queue, e.Stats(), col2.errOut.String())
+	col2 := otelcoltest.Start(t, bin, grpcPort, httpPort)
+	if !waitFor(30*time.Second, func() bool { return len(otelcoltest.FindingRecords(col2.Out.String())) >= queue }) {
+		t.Fatalf("after the outage received %d findings, want %d; stats %+v\n%s", len(otelcoltest.FindingRecords(col2.Out.String())), queue, e.Stats(), col2.ErrOut.String())
 	}
 	time.Sleep(500 * time.Millisecond) // nothing more may arrive
-	recs = findingRecords(col2.out.String())
+	recs = otelcoltest.FindingRecords(col2.Out.String())
 	if len(recs) != queue {
 		t.Fatalf("after the outage received %d findings, want exactly %d", len(recs), queue)
 	}
 	for i, rec := range recs {
-		if got, want := attrLines(rec)["apisonar.count"], fmt.Sprintf("Int(%d)", 100+i); got != want {
+		if got, want := otelcoltest.Attrs(rec)["apisonar.count"], fmt.Sprintf("Int(%d)", 100+i); got != want {
 			t.Errorf("finding %d after the outage: count %s, want %s (first ones kept, in order)", i, got, want)
 		}
 	}
@@ -452,9 +187,9 @@ func testCollector(t *testing.T, bin, proto string) {
 	}
 	// The drop count reaches the collector as a metric too.
 	if !waitFor(10*time.Second, func() bool {
-		return strings.Contains(lastMetric(col2.out.String(), "apisonar.export.findings.dropped"), fmt.Sprintf("Value: %d\n", raised-queue))
+		return strings.Contains(otelcoltest.LastMetric(col2.Out.String(), "apisonar.export.findings.dropped"), fmt.Sprintf("Value: %d\n", raised-queue))
 	}) {
-		t.Errorf("apisonar.export.findings.dropped did not reach the collector:\n%s", lastMetric(col2.out.String(), "apisonar.export.findings.dropped"))
+		t.Errorf("apisonar.export.findings.dropped did not reach the collector:\n%s", otelcoltest.LastMetric(col2.Out.String(), "apisonar.export.findings.dropped"))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
