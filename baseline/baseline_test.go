@@ -172,6 +172,10 @@ var shopTraffic = []struct {
 	{"GET /api/export", 200, ``},
 	{"GET /api/admin/users/12", 200, ``},
 	{"GET /api/admin/users/13", 200, ``},
+	// Outside the spec's base path /api: another API on the same host
+	// (here an OTLP receiver), neither shadow nor anything else.
+	{"POST /v1/logs", 200, ``},
+	{"GET /apiary/index.html", 200, ``},
 }
 
 var shopWant = []findingKey{

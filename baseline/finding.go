@@ -80,6 +80,9 @@ func (inv *Inventory) staticFindings(e *Endpoint, ts int64) []*findingState {
 	var f *findingState
 	switch {
 	case e.Op == nil:
+		if !e.svc.covers(e.Route.Template) {
+			return nil
+		}
 		f = &findingState{kind: KindShadowAPI, severity: "medium", owasp: owaspImproperInventory}
 	case e.Removed:
 		f = &findingState{kind: KindZombieAPI, severity: "high", owasp: owaspImproperInventory, subject: "removed"}
@@ -91,6 +94,17 @@ func (inv *Inventory) staticFindings(e *Endpoint, ts int64) []*findingState {
 	f.ep, f.raised, f.fromEndpoint = e, ts, true
 	e.static = append(e.static, f)
 	return []*findingState{f}
+}
+
+// covers reports whether a path lies under the base path of one of the
+// service's APIs.
+func (s *service) covers(path string) bool {
+	for _, a := range s.apis {
+		if a.Covers(path) {
+			return true
+		}
+	}
+	return false
 }
 
 func (inv *Inventory) notify(fs []*findingState) {

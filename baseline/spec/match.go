@@ -158,6 +158,28 @@ func (a *API) MatchRemoved(method int, path []byte) *Operation {
 // BasePaths lists the current version's server base paths.
 func (a *API) BasePaths() []string { return a.current.bases }
 
+// Covers reports whether path lies under one of the API's server base
+// paths (current or older versions): a path outside every base path is
+// another API's on the same host, not an undeclared operation of this one.
+func (a *API) Covers(path string) bool {
+	if underAny(a.current.bases, path) {
+		return true
+	}
+	return a.removed != nil && underAny(a.removed.bases, path)
+}
+
+func underAny(bases []string, path string) bool {
+	if len(bases) == 0 {
+		return true
+	}
+	for _, b := range bases {
+		if b == "" || path == b || strings.HasPrefix(path, b) && path[len(b)] == '/' {
+			return true
+		}
+	}
+	return false
+}
+
 func newAPI(docs []*Doc) *API {
 	sortDocs(docs)
 	cur := docs[0]
