@@ -164,10 +164,11 @@ func (p *Pipeline) Emit(c *parser.Call) {
 		if ep := p.obs.Observe(c); ep != nil && !ep.Overflow && ep.Route != nil {
 			route = ep.Route.Template
 		}
-		if c.Conn == nil || c.Conn.Side != parser.SideClient {
-			p.exp.ObserveCall(c, route)
-		}
 	}
+	// Both ends of a call on this host give both a server and a client
+	// measure, as their own instrumentation would; the client's route is
+	// only known when it called a server elsewhere.
+	p.exp.ObserveCall(c, route)
 	if p.out != nil {
 		p.out.WriteCall(c, route)
 	}

@@ -15,6 +15,10 @@
 //     http.route, http.response.status_code, server.address, server.port;
 //   - rpc.server.duration (ms) for gRPC by rpc.system, rpc.service,
 //     rpc.method, rpc.grpc.status_code, server.address, server.port;
+//   - http.client.request.duration (s, url.template in place of
+//     http.route) and rpc.client.duration (ms) for calls the agent saw
+//     from the client's side; a call with both ends on this host counts
+//     in both, as each end's own instrumentation would count it;
 //   - apisonar.NAME for every NAME the Config.Health callback returns, plus
 //     the exporter's own apisonar.export.* counters. A name whose last
 //     segment mentions bytes has unit By; names ending in .open, .active,

@@ -181,7 +181,8 @@ func (e *Exporter) Stats() Stats {
 	}
 	s.MetricExports, s.MetricExportFailures = e.metricExports.Load(), e.metricErrs.Load()
 	e.red.mu.Lock()
-	s.HTTPSeries, s.RPCSeries = len(e.red.http), len(e.red.rpc)
+	s.HTTPSeries = len(e.red.fams[0]) + len(e.red.fams[1])
+	s.RPCSeries = len(e.red.fams[2]) + len(e.red.fams[3])
 	s.SeriesOverflowCalls, s.UnmeasuredCalls = e.red.overflowed, e.red.unmeasured
 	e.red.mu.Unlock()
 	return s
@@ -258,33 +259,32 @@ func (e *Exporter) collect() *metricdata.ResourceMetrics {
 	// Reuse the histogram data point slices and their bucket slices from
 	// the previous cycle: the OTLP exporters copy into protobuf messages
 	// synchronously and keep nothing.
-	var prevHTTP, prevRPC []metricdata.HistogramDataPoint[float64]
+	var prev, dps [len(families)][]metricdata.HistogramDataPoint[float64]
 	for _, m := range sm[0].Metrics {
 		if h, ok := m.Data.(metricdata.Histogram[float64]); ok {
-			switch m.Name {
-			case httpFamily.name:
-				prevHTTP = h.DataPoints
-			case rpcFamily.name:
-				prevRPC = h.DataPoints
+			for i, f := range families {
+				if m.Name == f.name {
+					prev[i] = h.DataPoints
+				}
 			}
 		}
 	}
-	httpDP, rpcDP := prevHTTP[:0], prevRPC[:0]
+	for i := range dps {
+		dps[i] = prev[i][:0]
+	}
+	fi := 0
 	for i := range e.pts {
 		p := &e.pts[i]
-		if p.s.fam == &httpFamily {
-			httpDP = appendPoint(httpDP, p, now)
-		} else {
-			rpcDP = appendPoint(rpcDP, p, now)
+		for families[fi] != p.s.fam {
+			fi++ // points come in the order of families
 		}
+		dps[fi] = appendPoint(dps[fi], p, now)
 	}
-	if len(httpDP) > 0 {
-		ms = append(ms, metricdata.Metrics{Name: httpFamily.name, Description: httpFamily.desc, Unit: httpFamily.unit,
-			Data: metricdata.Histogram[float64]{DataPoints: httpDP, Temporality: metricdata.CumulativeTemporality}})
-	}
-	if len(rpcDP) > 0 {
-		ms = append(ms, metricdata.Metrics{Name: rpcFamily.name, Description: rpcFamily.desc, Unit: rpcFamily.unit,
-			Data: metricdata.Histogram[float64]{DataPoints: rpcDP, Temporality: metricdata.CumulativeTemporality}})
+	for i, f := range families {
+		if len(dps[i]) > 0 {
+			ms = append(ms, metricdata.Metrics{Name: f.name, Description: f.desc, Unit: f.unit,
+				Data: metricdata.Histogram[float64]{DataPoints: dps[i], Temporality: metricdata.CumulativeTemporality}})
+		}
 	}
 	for _, h := range healthMetrics(e.health()) {
 		dp := []metricdata.DataPoint[int64]{{StartTime: e.start, Time: now, Value: clampInt64(h.value)}}

@@ -16,6 +16,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/log"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/apisonar/apisonar/parser"
 )
 
 func envMap(m map[string]string) func(string) string {
@@ -354,6 +356,55 @@ func TestRequestDurationHistograms(t *testing.T) {
 	}
 }
 
+func TestClientSideCallsGetClientHistograms(t *testing.T) {
+	e := newExporter(Config{}, ResourceInfo{}, nil, nil, nil, fixedClock)
+	client := testConn
+	client.Side = parser.SideClient
+	h := httpCall("GET", "/users/17", 200, 30*time.Millisecond)
+	e.ObserveCall(h, "/users/{id}")
+	hc := httpCall("GET", "/users/17", 200, 31*time.Millisecond)
+	hc.Conn = &client
+	e.ObserveCall(hc, "/users/{id}")
+	g := grpcCall("/greet.GreetService/Greet", 0, 7*time.Millisecond)
+	g.Conn = &client
+	e.ObserveCall(g, "/greet.GreetService/Greet")
+
+	rm := e.collect()
+	_, dps := histogram(t, rm, "http.server.request.duration")
+	if len(dps) != 1 || dps[0].Count != 1 || setMap(dps[0].Attributes)["http.route"] != "STRING:/users/{id}" {
+		t.Errorf("server histogram: %+v", dps)
+	}
+	m, dps := histogram(t, rm, "http.client.request.duration")
+	want := map[string]string{
+		"http.request.method": "STRING:GET", "url.template": "STRING:/users/{id}", "http.response.status_code": "INT64:200",
+		"server.address": "STRING:10.0.0.1", "server.port": "INT64:8080",
+	}
+	if m.Unit != "s" || len(dps) != 1 || dps[0].Count != 1 || !reflect.DeepEqual(setMap(dps[0].Attributes), want) {
+		t.Errorf("client histogram %q: %+v", m.Unit, dps)
+	}
+	m, dps = histogram(t, rm, "rpc.client.duration")
+	if m.Unit != "ms" || len(dps) != 1 || dps[0].Sum != 7 {
+		t.Errorf("rpc client histogram %q: %+v", m.Unit, dps)
+	}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name == "rpc.server.duration" {
+				t.Errorf("a client-side gRPC call counted as a server one")
+			}
+		}
+	}
+	var b bytes.Buffer
+	if err := e.WritePrometheus(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []string{"# TYPE http_client_request_duration_seconds histogram", "# TYPE rpc_client_duration_seconds histogram",
+		`url_template="/users/{id}"`} {
+		if !strings.Contains(b.String(), l) {
+			t.Errorf("Prometheus text lacks %q", l)
+		}
+	}
+}
+
 func TestSeriesCapSendsExtraCallsToOverflow(t *testing.T) {
 	e := newExporter(Config{MaxSeries: 3}, ResourceInfo{}, nil, nil, nil, fixedClock)
 	for i := range 10 {
@@ -565,9 +616,17 @@ func TestPromtoolChecksExposition(t *testing.T) {
 		e.ObserveCall(httpCall("GET", "/", 200+i, time.Duration(i+1)*40*time.Millisecond), route)
 	}
 	e.ObserveCall(grpcCall("/greet.GreetService/Greet", 0, 3*time.Millisecond), "")
+	client := testConn
+	client.Side = parser.SideClient
+	hc := httpCall("GET", "/", 200, 5*time.Millisecond)
+	hc.Conn = &client
+	e.ObserveCall(hc, "/a")
 	var b bytes.Buffer
 	if err := e.WritePrometheus(&b); err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "http_client_request_duration_seconds") {
+		t.Errorf("no client histogram in the exposition")
 	}
 	cmd := exec.Command(promtool, "check", "metrics")
 	cmd.Stdin = &b

@@ -36,7 +36,7 @@ func (e *Exporter) WritePrometheus(w io.Writer) error {
 	bw.WriteString("} 1\n")
 
 	var num []byte
-	for _, fam := range []*family{&httpFamily, &rpcFamily} {
+	for _, fam := range families {
 		header := false
 		for i := range pts {
 			p := &pts[i]

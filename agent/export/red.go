@@ -55,6 +55,46 @@ var rpcFamily = family{
 	promBounds: []string{"0", "0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.25", "0.5", "0.75", "1", "2.5", "5", "7.5", "10"},
 }
 
+// The client side of the same calls, where the agent sees the client
+// (a call to a server elsewhere, or both ends on this host): the same
+// buckets, as the semantic conventions advise.
+var httpClientFamily = family{
+	name:       "http.client.request.duration",
+	unit:       "s",
+	desc:       "Duration of HTTP client requests.",
+	promName:   "http_client_request_duration_seconds",
+	bounds:     httpFamily.bounds,
+	div:        1e9,
+	promDiv:    1,
+	promBounds: httpFamily.promBounds,
+}
+
+var rpcClientFamily = family{
+	name:       "rpc.client.duration",
+	unit:       "ms",
+	desc:       "Measures the duration of outbound RPC.",
+	promName:   "rpc_client_duration_seconds",
+	bounds:     rpcFamily.bounds,
+	div:        1e6,
+	promDiv:    1e3,
+	promBounds: rpcFamily.promBounds,
+}
+
+// families lists every histogram family in export order.
+var families = [...]*family{&httpFamily, &httpClientFamily, &rpcFamily, &rpcClientFamily}
+
+// familyOf picks a call's family.
+func familyOf(grpc, client bool) int {
+	i := 0
+	if grpc {
+		i = 2
+	}
+	if client {
+		i++
+	}
+	return i
+}
+
 const maxBuckets = 16
 
 // RouteOther stands for the route of a call whose route is not known (the
@@ -134,9 +174,10 @@ type red struct {
 	now       func() time.Time
 	key       []byte
 	index     map[string]*series
-	http, rpc []*series
+	// series per family, in the order of families.
+	fams [len(families)][]*series
 	// overflow series, one per family, take calls past maxSeries.
-	httpOver, rpcOver *series
+	over [len(families)]*series
 
 	overflowed uint64 // calls that went to an overflow series
 	unmeasured uint64 // calls without a response, not timed
@@ -150,8 +191,9 @@ func newRED(maxSeries int, now func() time.Time) *red {
 		index:     map[string]*series{},
 	}
 	over := attribute.NewSet(attribute.Bool("otel.metric.overflow", true))
-	r.httpOver = &series{fam: &httpFamily, attrs: over, labels: `otel_metric_overflow="true"`, start: now()}
-	r.rpcOver = &series{fam: &rpcFamily, attrs: over, labels: `otel_metric_overflow="true"`, start: now()}
+	for i, f := range families {
+		r.over[i] = &series{fam: f, attrs: over, labels: `otel_metric_overflow="true"`, start: now()}
+	}
 	return r
 }
 
@@ -175,16 +217,17 @@ func (r *red) observe(c *parser.Call, route string) {
 	}
 
 	grpc := c.Protocol == parser.ProtoGRPC
+	client := c.Conn != nil && c.Conn.Side == parser.SideClient
 	if route == "" && !grpc {
 		route = RouteOther
 	}
-	k := r.key[:0]
+	fi := familyOf(grpc, client)
+	k := append(r.key[:0], byte(fi))
 	if grpc {
 		name := c.Path
 		if route != "" {
 			name = nil
 		}
-		k = append(k, 'g')
 		k = binary.LittleEndian.AppendUint32(k, uint32(int32(c.GRPCStatus)))
 		k = append(k, addr[:]...)
 		k = binary.LittleEndian.AppendUint16(k, port)
@@ -194,7 +237,7 @@ func (r *red) observe(c *parser.Call, route string) {
 		}
 		k = append(k, name...)
 	} else {
-		k = append(k, 'h', methodIndex(c.Method))
+		k = append(k, methodIndex(c.Method))
 		k = binary.LittleEndian.AppendUint32(k, uint32(c.Status))
 		k = append(k, addr[:]...)
 		k = binary.LittleEndian.AppendUint16(k, port)
@@ -205,13 +248,9 @@ func (r *red) observe(c *parser.Call, route string) {
 	if s == nil {
 		if len(r.index) >= r.maxSeries {
 			r.overflowed++
-			if grpc {
-				s = r.rpcOver
-			} else {
-				s = r.httpOver
-			}
+			s = r.over[fi]
 		} else {
-			s = r.open(c, route, grpc)
+			s = r.open(c, route, fi)
 			r.index[string(k)] = s
 		}
 	}
@@ -219,11 +258,10 @@ func (r *red) observe(c *parser.Call, route string) {
 }
 
 // open builds a new series' attributes. Cold path.
-func (r *red) open(c *parser.Call, route string, grpc bool) *series {
+func (r *red) open(c *parser.Call, route string, fi int) *series {
 	var kv []attribute.KeyValue
-	var fam *family
-	if grpc {
-		fam = &rpcFamily
+	fam := families[fi]
+	if grpc := fi >= 2; grpc {
 		name := route
 		if name == "" {
 			name = string(c.Path)
@@ -240,10 +278,15 @@ func (r *red) open(c *parser.Call, route string, grpc bool) *series {
 			kv = append(kv, attribute.Int("rpc.grpc.status_code", c.GRPCStatus))
 		}
 	} else {
-		fam = &httpFamily
+		// A server names the route it matched (http.route); a client the
+		// template of the URL it called (url.template).
+		routeKey := "http.route"
+		if fam == &httpClientFamily {
+			routeKey = "url.template"
+		}
 		kv = append(kv,
 			attribute.String("http.request.method", knownMethods[methodIndex(c.Method)]),
-			attribute.String("http.route", strings.ToValidUTF8(route, "\uFFFD")),
+			attribute.String(routeKey, strings.ToValidUTF8(route, "\uFFFD")),
 			attribute.Int("http.response.status_code", c.Status))
 	}
 	if c.Conn != nil && c.Conn.Server.IsValid() {
@@ -253,11 +296,7 @@ func (r *red) open(c *parser.Call, route string, grpc bool) *series {
 	}
 	s := &series{fam: fam, attrs: attribute.NewSet(kv...), start: r.now()}
 	s.labels = promLabels(&s.attrs)
-	if grpc {
-		r.rpc = append(r.rpc, s)
-	} else {
-		r.http = append(r.http, s)
-	}
+	r.fams[fi] = append(r.fams[fi], s)
 	return s
 }
 
@@ -280,11 +319,16 @@ type point struct {
 	min, max float64
 }
 
-// snapshot copies every series with data into dst (reused), HTTP first.
+// snapshot copies every series with data into dst (reused), in the order
+// of families.
 func (r *red) snapshot(dst []point) []point {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if n := len(r.http) + len(r.rpc) + 2; cap(dst) < n {
+	n := len(families)
+	for _, ss := range r.fams {
+		n += len(ss)
+	}
+	if cap(dst) < n {
 		dst = make([]point, 0, n)
 	}
 	dst = dst[:0]
@@ -294,14 +338,12 @@ func (r *red) snapshot(dst []point) []point {
 		}
 		dst = append(dst, point{s: s, counts: s.counts, count: s.count, sum: s.sum, min: s.min, max: s.max})
 	}
-	for _, s := range r.http {
-		add(s)
+	for i, ss := range r.fams {
+		for _, s := range ss {
+			add(s)
+		}
+		add(r.over[i])
 	}
-	add(r.httpOver)
-	for _, s := range r.rpc {
-		add(s)
-	}
-	add(r.rpcOver)
 	return dst
 }
 
