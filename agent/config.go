@@ -22,6 +22,10 @@ type Config struct {
 	Interface string `yaml:"interface"`
 	// Specs are OpenAPI/Swagger files or folders of them.
 	Specs []string `yaml:"specs"`
+	// SpecScopes bind specs (by info.title) to the services they describe,
+	// in place of their servers: hosts (Host or :authority without port)
+	// and server ports. A spec without a scope is bound by its servers.
+	SpecScopes []SpecScope `yaml:"spec_scopes"`
 	// OTLPEndpoint overrides OTEL_EXPORTER_OTLP_ENDPOINT when set.
 	OTLPEndpoint string `yaml:"otlp_endpoint"`
 	// Listen is the local HTTP API address; empty disables it.
@@ -41,6 +45,14 @@ type Config struct {
 	Capture CaptureConfig `yaml:"capture"`
 	Parser  ParserConfig  `yaml:"parser"`
 	Conns   ConnsConfig   `yaml:"connections"`
+}
+
+// SpecScope binds the spec titled Title to services: those reached as one
+// of Hosts (any host when empty) on one of Ports (any port when empty).
+type SpecScope struct {
+	Title string   `yaml:"title"`
+	Hosts []string `yaml:"hosts"`
+	Ports []int    `yaml:"ports"`
 }
 
 // CaptureConfig tunes the kernel side.
@@ -204,6 +216,24 @@ func (c *Config) Validate() error {
 	}
 	if c.Conns.Max < 1 || c.Conns.Max > 10_000_000 {
 		return fmt.Errorf("connections.max %d: want 1 to 10000000", c.Conns.Max)
+	}
+	seen := map[string]bool{}
+	for i, sc := range c.SpecScopes {
+		if sc.Title == "" {
+			return fmt.Errorf("spec_scopes[%d]: title is empty; it names the spec (info.title) to scope", i)
+		}
+		if seen[sc.Title] {
+			return fmt.Errorf("spec_scopes[%d]: title %q is scoped twice", i, sc.Title)
+		}
+		seen[sc.Title] = true
+		if len(sc.Hosts) == 0 && len(sc.Ports) == 0 {
+			return fmt.Errorf("spec_scopes[%d] (%s): give hosts, ports or both", i, sc.Title)
+		}
+		for _, p := range sc.Ports {
+			if p < 1 || p > 65535 {
+				return fmt.Errorf("spec_scopes[%d] (%s): port %d out of range", i, sc.Title, p)
+			}
+		}
 	}
 	if c.StateFlush < time.Second {
 		return fmt.Errorf("state_flush %v: want at least 1s", c.StateFlush)

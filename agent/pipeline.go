@@ -93,6 +93,11 @@ func newPipeline(cfg Config, stdout io.Writer, log *slog.Logger, persist bool) (
 		}
 		catalog = c
 	}
+	for i, sc := range cfg.SpecScopes {
+		if catalog == nil || !catalog.HasTitle(sc.Title) {
+			return nil, UserError{fmt.Errorf("spec_scopes[%d]: no loaded spec is titled %q", i, sc.Title)}
+		}
+	}
 	if err := p.buildInventory(catalog); err != nil {
 		return nil, err
 	}
@@ -137,8 +142,13 @@ func (p *Pipeline) buildInventory(catalog *spec.Catalog) error {
 			return err
 		}
 	}
+	scopes := make([]spec.Scope, 0, len(cfg.SpecScopes))
+	for _, sc := range cfg.SpecScopes {
+		scopes = append(scopes, spec.Scope{Title: sc.Title, Hosts: sc.Hosts, Ports: sc.Ports})
+	}
 	p.inv = baseline.New(baseline.Options{
 		Catalog:   catalog,
+		Scopes:    scopes,
 		Key:       key,
 		OnFinding: p.writeFinding,
 		Logger:    p.log.With("component", "baseline"),

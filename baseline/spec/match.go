@@ -307,6 +307,16 @@ func (c *Catalog) Resolve(host string, port int, scopes []Scope) []*API {
 	return append(exact, wildcard...)
 }
 
+// HasTitle reports whether an API of the catalog has this title.
+func (c *Catalog) HasTitle(title string) bool {
+	for _, a := range c.APIs {
+		if a.Title == title {
+			return true
+		}
+	}
+	return false
+}
+
 func scopeFor(a *API, scopes []Scope) (Scope, bool) {
 	for _, s := range scopes {
 		if s.Title == a.Title {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -21,6 +22,8 @@ func TestUserMistakesAreOneLineAndExit2(t *testing.T) {
 	os.WriteFile(notCapture, []byte("these are not packets, just words in a file\n"), 0o644)
 	badCfg := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(badCfg, []byte("outptu: none\n"), 0o644)
+	strayScope := filepath.Join(dir, "scope.yaml")
+	os.WriteFile(strayScope, []byte("spec_scopes:\n  - title: Shopp\n    ports: [8080]\n"), 0o644)
 	tests := []struct {
 		name string
 		env  map[string]string
@@ -41,6 +44,7 @@ func TestUserMistakesAreOneLineAndExit2(t *testing.T) {
 		{"config_from_env", map[string]string{"APISONAR_CONFIG": badCfg}, []string{"replay", notCapture}, "bad.yaml"},
 		{"env_bad_number", map[string]string{"APISONAR_RING_BYTES": "big"}, []string{"replay", notCapture}, "APISONAR_RING_BYTES"},
 		{"afpacket_without_interface", nil, []string{"run", "--source", "afpacket"}, "needs an interface"},
+		{"scope_names_no_spec", nil, []string{"replay", "../../testdata/pcap/curl-python.pcap", "--spec", "../../testdata/specs", "--config", strayScope}, `no loaded spec is titled "Shopp"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -67,5 +71,29 @@ func TestHelpAndVersionExit0(t *testing.T) {
 	}
 	if code, out, _ := run(t, nil, "version"); code != 0 || !strings.HasPrefix(out, "apisonar ") {
 		t.Fatalf("version: %d %q", code, out)
+	}
+}
+
+// TestSpecScopesBindSpecsByConfig replays a capture of nginx serving /api
+// on port 18081 with the Shop spec, whose servers name no host or port (it
+// would apply everywhere): scoped by config to another port it raises
+// nothing, scoped to 18081 it raises its findings.
+func TestSpecScopesBindSpecsByConfig(t *testing.T) {
+	dir := t.TempDir()
+	replay := func(port int) int {
+		cfg := filepath.Join(dir, "scope.yaml")
+		os.WriteFile(cfg, []byte("spec_scopes:\n  - title: Shop\n    ports: ["+strconv.Itoa(port)+"]\n"), 0o644)
+		code, out, stderr := run(t, nil, "replay", "../../testdata/pcap/go-nginx.pcap", "--spec", "../../testdata/specs",
+			"--config", cfg, "--output", "jsonl")
+		if code != 0 {
+			t.Fatalf("replay exit %d: %s", code, stderr)
+		}
+		return strings.Count(out, `"type":"finding"`)
+	}
+	if n := replay(18080); n != 0 {
+		t.Errorf("Shop scoped to port 18080 raised %d findings on a server at 18081", n)
+	}
+	if n := replay(18081); n == 0 {
+		t.Errorf("Shop scoped to port 18081 raised nothing on a server at 18081")
 	}
 }
