@@ -27,6 +27,8 @@
 // endpoint, query names per endpoint and principals (per endpoint and in
 // all) have caps; calls past the
 // endpoint or service cap count on one overflow endpoint and in Stats.
+// Once the endpoint table is full, the route tables learn nothing more
+// (a route without an endpoint would only hold memory).
 //
 // Findings are raised once per endpoint (and, for drift, per parameter,
 // status or field), reported once through Options.OnFinding, and then only

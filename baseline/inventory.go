@@ -472,7 +472,15 @@ func (inv *Inventory) endpointFor(s *service, c *parser.Call, ts int64) *Endpoin
 		}
 	}
 	if r == nil {
-		r = s.routes.Lookup(path)
+		if inv.endpoints.Load() < int64(inv.opts.MaxEndpoints) {
+			r = s.routes.Lookup(path)
+		} else if r = s.routes.Find(path); r == nil {
+			// The endpoint table is full: a route learned now could never
+			// have an endpoint, and learning it anyway would let the route
+			// tables (services × routes each) grow long after the
+			// endpoints stopped. The call counts on the overflow endpoint.
+			r = s.routes.Overflow()
+		}
 	}
 	if e := s.eps.get(int(r.ID)*spec.NumMethods + m); e != nil {
 		return e

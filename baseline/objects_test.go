@@ -2,6 +2,7 @@ package baseline
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"testing"
 
@@ -29,9 +30,15 @@ func principalsOf(t *testing.T, inv *Inventory) map[string]PrincipalObjects {
 	return out
 }
 
+// near reports whether a linear-counting estimate is within five standard
+// errors of want: sqrt(m(e^t - t - 1)) for m bits and load t = want/m
+// (Whang et al. 1990). The ids are hashed with a per-process random seed,
+// so a fixed tolerance such as 12% fails a few runs in a hundred at a few
+// hundred ids (one standard error is 5.5% at 300 ids in 256 bits).
 func near(got, want uint64) bool {
-	d := float64(got) - float64(want)
-	return d <= 0.12*float64(want)+1 && -d <= 0.12*float64(want)+1
+	t := float64(want) / objBits
+	tol := 5*math.Sqrt(objBits*(math.Exp(t)-t-1)) + 1
+	return math.Abs(float64(got)-float64(want)) <= tol
 }
 
 func TestDistinctObjectsPerPrincipal(t *testing.T) {
@@ -51,7 +58,9 @@ func TestDistinctObjectsPerPrincipal(t *testing.T) {
 	if !near(w.Objects1h, 300) || !near(w.Objects24, 300) {
 		t.Errorf("walker %+v, want about 300 objects", w)
 	}
-	if o.Objects1h != 3 || o.Objects24 != 3 {
+	// Two of 3 ids share a bit in about 1.2% of seeds: 2 is a collision,
+	// not an error; anything else is.
+	if o.Objects1h < 2 || o.Objects1h > 3 || o.Objects24 != o.Objects1h {
 		t.Errorf("owner %+v, want 3 objects", o)
 	}
 }

@@ -302,3 +302,26 @@ func BenchmarkLookupKnown(b *testing.B) {
 		tab.Lookup(p)
 	}
 }
+
+func TestFindLearnsNothing(t *testing.T) {
+	tab := NewTable(Options{})
+	known := tab.Lookup([]byte("/api/users/42/orders"))
+	routes := tab.Len()
+	for _, tc := range []struct {
+		path string
+		want *Route
+	}{
+		{"/api/users/42/orders", known},
+		{"/api/users/977/orders", known}, // the number is a parameter
+		{"/api/users/42/invoices", nil},  // a new literal: Lookup would learn it
+		{"/api/users", nil},              // a node without a route
+		{"/other", nil},
+	} {
+		if got := tab.Find([]byte(tc.path)); got != tc.want {
+			t.Errorf("Find(%s) = %v, want %v", tc.path, got, tc.want)
+		}
+	}
+	if tab.Len() != routes {
+		t.Fatalf("Find learned routes: %d in the table, %d before", tab.Len(), routes)
+	}
+}

@@ -200,6 +200,38 @@ func (t *Table) Lookup(path []byte) *Route {
 	return t.addRoute(n)
 }
 
+// Find returns the route Lookup would give path if that route exists
+// already, learning nothing: nil when Lookup would have to add a node or a
+// route. It takes no lock and does not allocate.
+func (t *Table) Find(path []byte) *Route {
+	n := t.root
+	for i := 0; i < len(path); {
+		for i < len(path) && path[i] == '/' {
+			i++
+		}
+		j := i
+		for j < len(path) && path[j] != '/' {
+			j++
+		}
+		if j == i {
+			break
+		}
+		seg := path[i:j]
+		i = j
+		if c := n.kids.Load().find(seg); c != nil {
+			n = c
+			continue
+		}
+		if Classify(seg) == Literal && !n.collapsed.Load() {
+			return nil // Lookup would add a literal child
+		}
+		if n = n.paramKid.Load(); n == nil {
+			return nil
+		}
+	}
+	return n.route.Load()
+}
+
 // addLiteral adds the literal child seg under n, or, when n has reached its
 // cap, collapses n and returns its parameter child. It returns nil when the
 // Table is full.
