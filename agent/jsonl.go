@@ -35,17 +35,27 @@ func (j *JSONLWriter) WriteCall(c *parser.Call, route string) {
 	defer j.mu.Unlock()
 	j.buf = AppendCallJSON(j.buf[:0], c, route)
 	j.buf = append(j.buf, '\n')
-	if _, err := j.w.Write(j.buf); err != nil && j.err == nil {
-		j.err = err
-	}
+	j.line(j.buf)
 }
 
 // WriteRaw writes one pre-encoded JSON object as a line.
 func (j *JSONLWriter) WriteRaw(line []byte) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	j.w.Write(line)
-	if _, err := j.w.Write([]byte{'\n'}); err != nil && j.err == nil {
+	j.buf = append(append(j.buf[:0], line...), '\n')
+	j.line(j.buf)
+}
+
+// line writes one whole line. The buffer is pushed out before a line that
+// does not fit, never in its middle, so that a reader of a killed agent's
+// output sees whole lines only.
+func (j *JSONLWriter) line(b []byte) {
+	if len(b) > j.w.Available() && j.w.Buffered() > 0 {
+		if err := j.w.Flush(); err != nil && j.err == nil {
+			j.err = err
+		}
+	}
+	if _, err := j.w.Write(b); err != nil && j.err == nil {
 		j.err = err
 	}
 }

@@ -74,3 +74,42 @@ func TestCallJSONNoAllocs(t *testing.T) {
 		t.Fatalf("%v allocs per call line", n)
 	}
 }
+
+// chunkRecorder records each Write the JSONL writer makes downstream.
+type chunkRecorder struct{ chunks [][]byte }
+
+func (r *chunkRecorder) Write(p []byte) (int, error) {
+	r.chunks = append(r.chunks, append([]byte(nil), p...))
+	return len(p), nil
+}
+
+// TestJSONLWritesWholeLines: every write that leaves the buffer ends at a
+// line's end, so a killed agent never leaves half a line behind.
+func TestJSONLWritesWholeLines(t *testing.T) {
+	rec := &chunkRecorder{}
+	w := NewJSONLWriter(rec)
+	c := sampleCall()
+	big := bytes.Repeat([]byte("x"), 70<<10)
+	for i := 0; i < 2000; i++ {
+		w.WriteCall(c, "/users/{id}")
+		if i%500 == 0 {
+			w.WriteRaw([]byte(`{"type":"finding","summary":"` + string(big[:i*40]) + `"}`))
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.chunks) < 2 {
+		t.Fatalf("%d downstream writes; the test needs the buffer to fill", len(rec.chunks))
+	}
+	var lines int
+	for i, ch := range rec.chunks {
+		if len(ch) == 0 || ch[len(ch)-1] != '\n' {
+			t.Fatalf("write %d of %d ends mid-line (%d bytes)", i, len(rec.chunks), len(ch))
+		}
+		lines += bytes.Count(ch, []byte("\n"))
+	}
+	if lines != 2004 {
+		t.Fatalf("%d lines, want 2004", lines)
+	}
+}
