@@ -611,3 +611,48 @@ func TestCallerSketchSurvivesSnapshotBothForms(t *testing.T) {
 		}
 	}
 }
+
+// TestShadowNeedsAnAnswerThatTheRouteExists: probes of paths the server
+// does not have (404, 405, 410, 501) are not shadow APIs; the first answer
+// that shows the route exists (here 401 after two 404s) raises it once,
+// and a restored inventory still waits for such an answer.
+func TestShadowNeedsAnAnswerThatTheRouteExists(t *testing.T) {
+	var raised []Finding
+	inv := New(Options{Catalog: loadShop(t), OnFinding: func(f Finding) { raised = append(raised, f) }})
+	for i, tc := range []struct {
+		req    string
+		status int
+	}{
+		{"GET /api/wp-login.php", 404},
+		{"POST /api/items/all", 405},
+		{"GET /api/old-feed", 410},
+		{"PATCH /api/items", 501},
+		{"GET /api/internal/metrics", 404},
+		{"GET /api/internal/metrics", 404},
+		{"GET /api/probe", 0},
+	} {
+		inv.Observe(call(tc.req, tc.status, int64(i), ""))
+	}
+	if len(raised) != 0 {
+		t.Fatalf("raised on answers that deny the route: %v", sortedKeys(raised))
+	}
+	// Persist and restore before the answer that counts.
+	inv2 := New(Options{Catalog: loadShop(t), OnFinding: func(f Finding) { raised = append(raised, f) }})
+	if err := inv2.Restore(inv.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []*Inventory{inv, inv2} {
+		raised = raised[:0]
+		in.Observe(call("GET /api/internal/metrics", 401, 10, ""))
+		in.Observe(call("GET /api/internal/metrics", 200, 11, ""))
+		want := []findingKey{{KindShadowAPI, "GET", "/api/internal/metrics", ""}}
+		if got := sortedKeys(raised); !slices.Equal(got, want) {
+			t.Errorf("after a 401 and a 200: raised %v, want %v", got, want)
+		}
+		for _, f := range in.Snapshot().Findings {
+			if f.Kind == KindShadowAPI && f.Count != 4 {
+				t.Errorf("shadow count %d, want 4 (every call to the endpoint)", f.Count)
+			}
+		}
+	}
+}

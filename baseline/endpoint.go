@@ -65,7 +65,11 @@ type Endpoint struct {
 	// under mu, read lock-free.
 	mu     sync.Mutex
 	static []*findingState // shadow_api, zombie_api
-	drift  atomic.Pointer[driftFindings]
+	// shadowPending: an undeclared endpoint under a spec that has not yet
+	// answered a call with a status showing it exists (only 404s and the
+	// like so far); its first such answer raises shadow_api.
+	shadowPending atomic.Bool
+	drift         atomic.Pointer[driftFindings]
 	// objects tracks, on object endpoints, each principal's distinct
 	// object ids (see objects.go).
 	objects atomic.Pointer[objectTable]

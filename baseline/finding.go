@@ -70,10 +70,11 @@ func (f *findingState) touch(ts int64) {
 func eventTime(ns int64) time.Time { return time.Unix(0, ns).UTC() }
 
 // staticFindings raises what an endpoint is as soon as it exists: shadow
-// (a service with a spec, no operation matched) or zombie (a deprecated
-// operation, or one only an older version declares). The caller holds
-// inv.mu.
-func (inv *Inventory) staticFindings(e *Endpoint, ts int64) []*findingState {
+// (a service with a spec, no operation matched, and the server answered
+// as if the route exists) or zombie (a deprecated operation, or one only
+// an older version declares). status is the answer to the call at hand.
+// The caller holds inv.mu.
+func (inv *Inventory) staticFindings(e *Endpoint, ts int64, status int) []*findingState {
 	if e.svc == nil || len(e.svc.apis) == 0 || e.Overflow {
 		return nil
 	}
@@ -83,6 +84,13 @@ func (inv *Inventory) staticFindings(e *Endpoint, ts int64) []*findingState {
 		if !e.svc.covers(e.Route.Template) {
 			return nil
 		}
+		if !routeExists(status) {
+			// A scanner's probe of a path the server does not have is
+			// not an API; wait for an answer that says otherwise.
+			e.shadowPending.Store(true)
+			return nil
+		}
+		e.shadowPending.Store(false)
 		f = &findingState{kind: KindShadowAPI, severity: "medium", owasp: owaspImproperInventory}
 	case e.Removed:
 		f = &findingState{kind: KindZombieAPI, severity: "high", owasp: owaspImproperInventory, subject: "removed"}
@@ -94,6 +102,30 @@ func (inv *Inventory) staticFindings(e *Endpoint, ts int64) []*findingState {
 	f.ep, f.raised, f.fromEndpoint = e, ts, true
 	e.static = append(e.static, f)
 	return []*findingState{f}
+}
+
+// routeExists reports whether an answer shows that the server has the
+// route: any answer but none at all, 404 Not Found, 405 Method Not
+// Allowed, 410 Gone and 501 Not Implemented. 401 and 403 count: a
+// protected route is still a route.
+func routeExists(status int) bool {
+	switch status {
+	case 404, 405, 410, 501:
+		return false
+	}
+	return status >= 100 && status < 600
+}
+
+// lateShadow raises shadow_api on a pending endpoint at its first answer
+// that shows the route exists.
+func (inv *Inventory) lateShadow(e *Endpoint, ts int64, status int) {
+	inv.mu.Lock()
+	var raised []*findingState
+	if e.shadowPending.Load() {
+		raised = inv.staticFindings(e, ts, status)
+	}
+	inv.mu.Unlock()
+	inv.notify(raised)
 }
 
 // covers reports whether a path lies under the base path of one of the

@@ -220,6 +220,9 @@ func (o *Observer) Observe(c *parser.Call) *Endpoint {
 	} else {
 		ep = inv.endpointFor(svc, c, ts)
 	}
+	if ep.shadowPending.Load() && routeExists(c.Status) {
+		inv.lateShadow(ep, ts, c.Status)
+	}
 	sh := ep.shard(o.shard)
 	sh.count.Add(1)
 	if sh.first.Load() == 0 || ts < sh.first.Load() {
@@ -485,14 +488,14 @@ func (inv *Inventory) endpointFor(s *service, c *parser.Call, ts int64) *Endpoin
 	if e := s.eps.get(int(r.ID)*spec.NumMethods + m); e != nil {
 		return e
 	}
-	return inv.addEndpoint(s, m, r, op, api, removed, ts)
+	return inv.addEndpoint(s, m, r, op, api, removed, ts, c.Status)
 }
 
 func (inv *Inventory) newEndpoint(s *service, m int, r *route.Route) *Endpoint {
 	return &Endpoint{svc: s, Method: m, Route: r}
 }
 
-func (inv *Inventory) addEndpoint(s *service, m int, r *route.Route, op *spec.Operation, api *spec.API, removed bool, ts int64) *Endpoint {
+func (inv *Inventory) addEndpoint(s *service, m int, r *route.Route, op *spec.Operation, api *spec.API, removed bool, ts int64, status int) *Endpoint {
 	inv.mu.Lock()
 	i := int(r.ID)*spec.NumMethods + m
 	if e := s.eps.get(i); e != nil {
@@ -509,7 +512,7 @@ func (inv *Inventory) addEndpoint(s *service, m int, r *route.Route, op *spec.Op
 	}
 	e := inv.newEndpoint(s, m, r)
 	e.Op, e.API, e.Removed = op, api, removed
-	raised := inv.staticFindings(e, ts)
+	raised := inv.staticFindings(e, ts, status)
 	s.eps.set(i, e)
 	inv.endpoints.Add(1)
 	inv.mu.Unlock()

@@ -315,6 +315,20 @@ func (inv *Inventory) Restore(s *Snapshot) error {
 		}
 		inv.restoreFinding(e, &f)
 	}
+	// An undeclared endpoint whose shadow finding was still waiting for an
+	// answer showing the route exists keeps waiting.
+	for _, e := range restored {
+		if e.Op != nil || len(e.svc.apis) == 0 || !e.svc.covers(e.Route.Template) {
+			continue
+		}
+		e.mu.Lock()
+		has := false
+		for _, x := range e.static {
+			has = has || x.kind == KindShadowAPI
+		}
+		e.mu.Unlock()
+		e.shadowPending.Store(!has)
+	}
 	if skipped > 0 {
 		return fmt.Errorf("inventory snapshot: %d of %d endpoints did not fit and were dropped", skipped, len(s.Endpoints))
 	}
