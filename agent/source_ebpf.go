@@ -305,6 +305,12 @@ func (s *EBPFSource) Counters() map[string]uint64 {
 		m["tls.files_rejected"] = ts.Rejected
 		m["tls.files"] = ts.Files
 		m["tls.maps_errors"] = ts.MapsErrors
+		gs := s.tls.GoStats()
+		m["tls.go_binaries_attached"] = gs.Attached
+		m["tls.go_binaries_detached"] = gs.Detached
+		m["tls.go_binaries_rejected"] = gs.Rejected
+		m["tls.go_binaries_ignored"] = gs.Ignored
+		m["tls.go_binaries"] = gs.Files
 	}
 	k, err := s.tr.Stats()
 	if err != nil {
@@ -328,6 +334,12 @@ func (s *EBPFSource) Counters() map[string]uint64 {
 		m["ebpf.kernel.tls_no_conn"] = k.TLSNoConn
 		m["ebpf.kernel.tls_nested"] = k.TLSNested
 		m["ebpf.kernel.tls_skipped_syscalls"] = k.TLSSkipped
+		m["ebpf.kernel.go_tls_entry_hits"] = k.GoTLSEnter
+		m["ebpf.kernel.go_tls_ret_hits"] = k.GoTLSRet
+		m["ebpf.kernel.go_tls_calls"] = k.GoTLSCalls
+		m["ebpf.kernel.go_tls_no_conn"] = k.GoTLSNoConn
+		m["ebpf.kernel.go_tls_short_writes"] = k.GoTLSShort
+		m["ebpf.kernel.go_tls_reentries"] = k.GoTLSReentry
 	}
 	return m
 }

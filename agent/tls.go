@@ -91,6 +91,7 @@ type TLSManager struct {
 	files    map[bpf.FileID]*tlsFile
 	rejected map[bpf.FileID]bool
 	scan     int64
+	golang   *goTLS // Go executables (crypto/tls), see gotls.go
 
 	scans, scanNanos, attached, detached, rejectedN, nfiles, mapsErrs atomic.Uint64
 }
@@ -115,6 +116,7 @@ func NewTLSManager(tr *bpf.Tracer, opts TLSOptions, logger *slog.Logger) *TLSMan
 		opts:     opts,
 		files:    make(map[bpf.FileID]*tlsFile),
 		rejected: make(map[bpf.FileID]bool),
+		golang:   newGoTLS(tr, logger),
 	}
 }
 
@@ -166,7 +168,9 @@ func (m *TLSManager) Scan() {
 		if err != nil {
 			m.mapsErrs.Add(1)
 		}
+		m.golang.scanPID(m.opts.ProcRoot, pid, m.scan)
 	}
+	m.golang.sweep(m.scan)
 	for id, f := range m.files {
 		if f.pinned || f.seen == m.scan {
 			continue

@@ -134,6 +134,12 @@ struct counters {
 	__u64 tls_no_conn;     // of those, calls whose socket is unknown
 	__u64 tls_nested;      // TLS calls made inside another one, ignored
 	__u64 tls_skipped;     // ciphertext syscalls not copied
+	__u64 go_tls_enter;    // Go crypto/tls Read/Write entry probe hits
+	__u64 go_tls_ret;      // Go crypto/tls RET probe hits
+	__u64 go_tls_calls;    // Go crypto/tls calls that returned plaintext
+	__u64 go_tls_no_conn;  // Go calls whose socket could not be found
+	__u64 go_tls_short;    // Go Writes that moved fewer bytes than copied
+	__u64 go_tls_reentry;  // Go calls entered again (stack growth), ignored
 };
 
 // conn_state is what the kernel remembers per socket.
@@ -1059,6 +1065,59 @@ int sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
 // connection. No library struct is read, so no offsets are needed. The
 // probes read the x86-64 SysV argument registers directly.
 
+// tls_copy sends n bytes of TLS plaintext at buf, which a TLS call moved
+// in direction dir on socket sk (connection c), into the ring, deciding
+// the plaintext protocol on the first call. It marks the connection TLS,
+// so that its syscalls (ciphertext) are no longer copied.
+static __always_inline void tls_copy(__u64 id, __u32 fd, __u64 sk, struct conn_state *c,
+				     __u8 dir, __u64 buf, __u64 n)
+{
+	struct counters *cnt = counters();
+	c->tls = 1;
+	if (c->tls_proto == PROTO_NONE)
+		return;
+	if (c->tls_proto == PROTO_UNKNOWN) {
+		__u8 head[PEEK] = {};
+		__u64 len = n;
+		if (len > PEEK)
+			len = PEEK;
+		if (bpf_probe_read_user(head, len, (void *)buf))
+			return;
+		int side = -1;
+		__u8 proto = classify(head, len, &side);
+		c->tls_proto = proto;
+		if (proto == PROTO_NONE) {
+			if (cnt)
+				cnt->not_http++;
+			return;
+		}
+		if (c->role == ROLE_UNKNOWN)
+			c->role = infer_role(side, dir, c);
+	}
+
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratches, &zero);
+	if (!s)
+		return;
+	data_header(&s->ev, id, fd, dir, c->tls_proto, c);
+
+	struct walk w = {
+		.sk = sk,
+		.dir = dir,
+		.cap = payload_cap < MAX_CAP ? payload_cap : MAX_CAP,
+		.seg = buf,
+		.seg_left = n,
+		.flags = FLAG_TLS,
+	};
+	open_unit(&w, n);
+	bpf_loop(MAX_STEPS, step, &w, 0);
+	if (!w.done && w.open) {
+		if (cnt)
+			cnt->step_limit++;
+		close_unit(&w);
+	}
+}
+
 static __always_inline int ssl_enter(struct pt_regs *ctx, __u8 dir, int ex)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -1135,49 +1194,7 @@ static __always_inline int ssl_return(struct pt_regs *ctx)
 			cnt->tls_no_conn++;
 		return 0;
 	}
-	c->tls = 1;
-	if (c->tls_proto == PROTO_NONE)
-		return 0;
-	if (c->tls_proto == PROTO_UNKNOWN) {
-		__u8 head[PEEK] = {};
-		__u64 len = n;
-		if (len > PEEK)
-			len = PEEK;
-		if (bpf_probe_read_user(head, len, (void *)call.buf))
-			return 0;
-		int side = -1;
-		__u8 proto = classify(head, len, &side);
-		c->tls_proto = proto;
-		if (proto == PROTO_NONE) {
-			if (cnt)
-				cnt->not_http++;
-			return 0;
-		}
-		if (c->role == ROLE_UNKNOWN)
-			c->role = infer_role(side, call.dir, c);
-	}
-
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratches, &zero);
-	if (!s)
-		return 0;
-	data_header(&s->ev, id, 0, call.dir, c->tls_proto, c);
-
-	struct walk w = {
-		.sk = sk,
-		.dir = call.dir,
-		.cap = payload_cap < MAX_CAP ? payload_cap : MAX_CAP,
-		.seg = call.buf,
-		.seg_left = n,
-		.flags = FLAG_TLS,
-	};
-	open_unit(&w, n);
-	bpf_loop(MAX_STEPS, step, &w, 0);
-	if (!w.done && w.open) {
-		if (cnt)
-			cnt->step_limit++;
-		close_unit(&w);
-	}
+	tls_copy(id, 0, sk, c, call.dir, call.buf, n);
 	return 0;
 }
 
@@ -1211,4 +1228,193 @@ SEC("uretprobe/SSL_rw")
 int ssl_ret(struct pt_regs *ctx)
 {
 	return ssl_return(ctx);
+}
+
+// Go crypto/tls (Go 1.17 and later, amd64, register ABI).
+//
+// Go code gets no return probes: a uretprobe replaces the return address
+// on the stack, and Go moves stacks (growth copies them) and walks them
+// (GC, tracebacks, panics), so a foreign return address corrupts or
+// crashes the program. Instead user space disassembles (*Conn).Read and
+// (*Conn).Write and puts a plain uprobe on every RET instruction; at a RET
+// the results are in registers: n in RAX, the error in RBX and RCX.
+//
+// Between entry and return a goroutine may block in the netpoller and
+// resume on another thread, so a call is keyed by its goroutine (the g
+// pointer, which ABIInternal keeps in R14) and the tgid, not by thread.
+//
+// A Write's plaintext is copied at its entry, not at its RET: the whole
+// buffer is there, and it reaches the ring before the bytes reach the
+// socket. Copied at the RET, a request could land in the ring after the
+// response another goroutine already read (the writer is descheduled
+// between its syscall and its RET), and the streams would be out of order;
+// or after the peer's close removed the connection. crypto/tls writes all
+// of b unless it fails; the RET counts the rare short write (go_tls_short)
+// whose tail was reported but never sent. A Read's plaintext is copied at
+// its RET, where n is known.
+//
+// The socket comes from the receiver, not from a nested syscall (a Read
+// served from crypto/tls's buffer makes none): tls.Conn.conn is an
+// interface whose data word points to a *net.TCPConn; its netFD's
+// poll.FD holds Sysfd. The remote port in netFD.raddr (a *net.TCPAddr)
+// must equal the socket's: any other type behind the interface (a
+// wrapper, a unix socket) fails that check and is skipped rather than
+// attributed to whatever socket its bytes happen to name. The offsets
+// along that chain differ per binary (they come from its DWARF or a
+// per-Go-version table) and reach the program in the probe's attach
+// cookie, so that one loaded program serves every binary, and a process
+// started later needs no map entry and no user-space round trip:
+//
+//	bits  0-7   offset of the interface tls.Conn.conn in tls.Conn
+//	bits  8-15  offset of the *netFD in net.TCPConn (net.conn.fd)
+//	bits 16-23  offset of Sysfd in netFD (netFD.pfd + poll.FD.Sysfd)
+//	bits 24-31  offset of the interface netFD.raddr
+//	bits 32-39  offset of Port in net.TCPAddr
+//	bits 56-63  GO_COOKIE_MAGIC, so that an unset cookie is never used
+#define GO_COOKIE_MAGIC 0x60
+
+struct go_key {
+	__u64 g;
+	__u32 tgid;
+	__u32 _pad;
+};
+
+struct go_call {
+	__u64 buf;  // the []byte's data pointer
+	__u64 len;  // its length
+	__u64 sk;   // struct sock *
+	__u32 fd;
+	__u8 dir;   // enum direction
+	__u8 _pad[3];
+};
+
+// go_calls: Go TLS calls in progress, by goroutine. An LRU because a call
+// may never reach a RET (a panic unwinding through it).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct go_key);
+	__type(value, struct go_call);
+} go_calls SEC(".maps");
+
+// go_sock follows the receiver's connection chain to its socket.
+static __always_inline __u64 go_sock(__u64 conn, __u64 cookie, __u32 *fd)
+{
+#define GO_OFF(i) ((cookie >> (8 * (i))) & 0xff)
+	if (cookie >> 56 != GO_COOKIE_MAGIC || !conn)
+		return 0;
+	__u64 data = 0, netfd = 0, addr = 0;
+	__s64 sysfd = -1, port = -1;
+	if (bpf_probe_read_user(&data, sizeof(data), (void *)(conn + GO_OFF(0) + 8)) || !data)
+		return 0;
+	if (bpf_probe_read_user(&netfd, sizeof(netfd), (void *)(data + GO_OFF(1))) || !netfd)
+		return 0;
+	if (bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(netfd + GO_OFF(2))))
+		return 0;
+	if (sysfd < 0 || sysfd > 0x7fffffff)
+		return 0;
+	if (bpf_probe_read_user(&addr, sizeof(addr), (void *)(netfd + GO_OFF(3) + 8)) || !addr)
+		return 0;
+	if (bpf_probe_read_user(&port, sizeof(port), (void *)(addr + GO_OFF(4))))
+		return 0;
+#undef GO_OFF
+	struct sock *sk = file_to_sock(fd_to_file(sysfd));
+	if (!sk || bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport)) != port)
+		return 0;
+	*fd = sysfd;
+	return (__u64)sk;
+}
+
+static __always_inline int go_tls_enter(struct pt_regs *ctx, __u8 dir)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if ((__u32)(id >> 32) == self_tgid)
+		return 0;
+	struct counters *cnt = counters();
+	if (cnt)
+		cnt->go_tls_enter++;
+	struct go_key k = {.g = ctx->r14, .tgid = id >> 32};
+	struct go_call call = {.buf = ctx->bx, .len = ctx->cx, .dir = dir};
+	// A goroutine whose stack must grow runs the function's prologue,
+	// calls morestack and starts the function over: the entry probe fires
+	// twice for one call, with the same arguments, and no RET between
+	// them. The second is not a new call (a Write would be reported twice).
+	struct go_call *prev = bpf_map_lookup_elem(&go_calls, &k);
+	if (prev && prev->dir == dir && prev->buf == call.buf && prev->len == call.len) {
+		if (cnt)
+			cnt->go_tls_reentry++;
+		return 0;
+	}
+	call.sk = go_sock(ctx->ax, bpf_get_attach_cookie(ctx), &call.fd);
+	if (!call.sk) {
+		if (cnt)
+			cnt->go_tls_no_conn++;
+		bpf_map_delete_elem(&go_calls, &k);
+		return 0;
+	}
+	// Mark the connection TLS before the call's own syscalls (handshake
+	// and records, all ciphertext) run, so that none of them is copied.
+	struct conn_state *c = bpf_map_lookup_elem(&conns, &call.sk);
+	if (!c)
+		c = new_conn(call.sk, (struct sock *)call.sk, ROLE_UNKNOWN);
+	if (!c)
+		return 0;
+	c->tls = 1;
+	bpf_map_update_elem(&go_calls, &k, &call, BPF_ANY);
+	if (dir == DIR_EGRESS && call.len && call.len <= 0x7fffffff) {
+		if (cnt)
+			cnt->go_tls_calls++;
+		tls_copy(id, call.fd, call.sk, c, DIR_EGRESS, call.buf, call.len);
+	}
+	return 0;
+}
+
+SEC("uprobe/go_tls_write")
+int go_tls_write(struct pt_regs *ctx)
+{
+	return go_tls_enter(ctx, DIR_EGRESS);
+}
+
+SEC("uprobe/go_tls_read")
+int go_tls_read(struct pt_regs *ctx)
+{
+	return go_tls_enter(ctx, DIR_INGRESS);
+}
+
+// go_tls_ret runs at every RET of (*Conn).Read and (*Conn).Write.
+SEC("uprobe/go_tls_ret")
+int go_tls_ret(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if ((__u32)(id >> 32) == self_tgid)
+		return 0;
+	struct counters *cnt = counters();
+	if (cnt)
+		cnt->go_tls_ret++;
+	struct go_key k = {.g = ctx->r14, .tgid = id >> 32};
+	struct go_call *cp = bpf_map_lookup_elem(&go_calls, &k);
+	if (!cp)
+		return 0;
+	struct go_call call = *cp;
+	bpf_map_delete_elem(&go_calls, &k);
+	long n = (long)ctx->ax;
+	if (call.dir == DIR_EGRESS) {
+		// Copied at entry; n < len only when the write failed.
+		if ((__u64)n < call.len && call.len <= 0x7fffffff && cnt)
+			cnt->go_tls_short++;
+		return 0;
+	}
+	if (n <= 0 || n > 0x7fffffff)
+		return 0;
+	// Closed during the call: not revived from a stale pointer.
+	struct conn_state *c = bpf_map_lookup_elem(&conns, &call.sk);
+	if (!c) {
+		if (cnt)
+			cnt->go_tls_no_conn++;
+		return 0;
+	}
+	if (cnt)
+		cnt->go_tls_calls++;
+	tls_copy(id, call.fd, call.sk, c, call.dir, call.buf, n);
+	return 0;
 }

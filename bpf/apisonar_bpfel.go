@@ -63,6 +63,12 @@ type apisonarCounters struct {
 	TlsNoConn      uint64
 	TlsNested      uint64
 	TlsSkipped     uint64
+	GoTlsEnter     uint64
+	GoTlsRet       uint64
+	GoTlsCalls     uint64
+	GoTlsNoConn    uint64
+	GoTlsShort     uint64
+	GoTlsReentry   uint64
 }
 
 type apisonarDirection uint32
@@ -95,6 +101,23 @@ type apisonarEvent struct {
 	Family uint8
 	Flags  uint8
 	Pad    [2]uint8
+}
+
+type apisonarGoCall struct {
+	_   structs.HostLayout
+	Buf uint64
+	Len uint64
+	Sk  uint64
+	Fd  uint32
+	Dir uint8
+	Pad [3]uint8
+}
+
+type apisonarGoKey struct {
+	_    structs.HostLayout
+	G    uint64
+	Tgid uint32
+	Pad  uint32
 }
 
 type apisonarRecFlag uint32
@@ -152,6 +175,7 @@ type apisonarStash struct {
 const (
 	apisonarMapConns            = "conns"
 	apisonarMapEvents           = "events"
+	apisonarMapGoCalls          = "go_calls"
 	apisonarMapListenPorts      = "listen_ports"
 	apisonarMapScratches        = "scratches"
 	apisonarMapSslCalls         = "ssl_calls"
@@ -183,6 +207,9 @@ const (
 	apisonarProgExitSendto      = "exit_sendto"
 	apisonarProgExitWrite       = "exit_write"
 	apisonarProgExitWritev      = "exit_writev"
+	apisonarProgGoTlsRead       = "go_tls_read"
+	apisonarProgGoTlsRet        = "go_tls_ret"
+	apisonarProgGoTlsWrite      = "go_tls_write"
 	apisonarProgSockState       = "sock_state"
 	apisonarProgSslRead         = "ssl_read"
 	apisonarProgSslReadEx       = "ssl_read_ex"
@@ -263,6 +290,9 @@ type apisonarProgramSpecs struct {
 	ExitSendto    *ebpf.ProgramSpec `ebpf:"exit_sendto"`
 	ExitWrite     *ebpf.ProgramSpec `ebpf:"exit_write"`
 	ExitWritev    *ebpf.ProgramSpec `ebpf:"exit_writev"`
+	GoTlsRead     *ebpf.ProgramSpec `ebpf:"go_tls_read"`
+	GoTlsRet      *ebpf.ProgramSpec `ebpf:"go_tls_ret"`
+	GoTlsWrite    *ebpf.ProgramSpec `ebpf:"go_tls_write"`
 	SockState     *ebpf.ProgramSpec `ebpf:"sock_state"`
 	SslRead       *ebpf.ProgramSpec `ebpf:"ssl_read"`
 	SslReadEx     *ebpf.ProgramSpec `ebpf:"ssl_read_ex"`
@@ -277,6 +307,7 @@ type apisonarProgramSpecs struct {
 type apisonarMapSpecs struct {
 	Conns       *ebpf.MapSpec `ebpf:"conns"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
+	GoCalls     *ebpf.MapSpec `ebpf:"go_calls"`
 	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
 	Scratches   *ebpf.MapSpec `ebpf:"scratches"`
 	SslCalls    *ebpf.MapSpec `ebpf:"ssl_calls"`
@@ -318,6 +349,7 @@ func (o *apisonarObjects) Close() error {
 type apisonarMaps struct {
 	Conns       *ebpf.Map `ebpf:"conns"`
 	Events      *ebpf.Map `ebpf:"events"`
+	GoCalls     *ebpf.Map `ebpf:"go_calls"`
 	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
 	Scratches   *ebpf.Map `ebpf:"scratches"`
 	SslCalls    *ebpf.Map `ebpf:"ssl_calls"`
@@ -330,6 +362,7 @@ func (m *apisonarMaps) Close() error {
 	return _ApisonarClose(
 		m.Conns,
 		m.Events,
+		m.GoCalls,
 		m.ListenPorts,
 		m.Scratches,
 		m.SslCalls,
@@ -379,6 +412,9 @@ type apisonarPrograms struct {
 	ExitSendto    *ebpf.Program `ebpf:"exit_sendto"`
 	ExitWrite     *ebpf.Program `ebpf:"exit_write"`
 	ExitWritev    *ebpf.Program `ebpf:"exit_writev"`
+	GoTlsRead     *ebpf.Program `ebpf:"go_tls_read"`
+	GoTlsRet      *ebpf.Program `ebpf:"go_tls_ret"`
+	GoTlsWrite    *ebpf.Program `ebpf:"go_tls_write"`
 	SockState     *ebpf.Program `ebpf:"sock_state"`
 	SslRead       *ebpf.Program `ebpf:"ssl_read"`
 	SslReadEx     *ebpf.Program `ebpf:"ssl_read_ex"`
@@ -414,6 +450,9 @@ func (p *apisonarPrograms) Close() error {
 		p.ExitSendto,
 		p.ExitWrite,
 		p.ExitWritev,
+		p.GoTlsRead,
+		p.GoTlsRet,
+		p.GoTlsWrite,
 		p.SockState,
 		p.SslRead,
 		p.SslReadEx,

@@ -22,6 +22,14 @@
 // of listening ports (seeded by SeedListeners, then kept by the
 // inet_sock_set_state tracepoint).
 //
+// TLS plaintext comes from uprobes on the TLS code itself, bound to files
+// (not processes): AttachSSL puts entry and return probes on a libssl;
+// AttachGoTLS puts entry probes and a probe on every RET instruction (never
+// a uretprobe) on crypto/tls.(*Conn).Read and .Write of a Go executable,
+// with the struct offsets the kernel side needs carried in each probe's
+// cookie (see gotls.go). Either way the connection is marked TLS and its
+// ciphertext syscalls are no longer copied.
+//
 // Known blind spot: a syscall already blocked when the programs attach
 // (a blocking recv waiting for data) is not seen; the next one is.
 //

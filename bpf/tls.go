@@ -116,23 +116,49 @@ func (t *Tracer) AttachSSL(path string) (FileID, bool, error) {
 // DetachSSL removes the probes of one library file. Unknown ids are not an
 // error.
 func (t *Tracer) DetachSSL(id FileID) error {
+	return detachFile(t, t.uprobes, id, "detached TLS probes")
+}
+
+// SSLFiles lists the library files that have probes, sorted.
+func (t *Tracer) SSLFiles() []FileID { return sortedFiles(t, t.uprobes) }
+
+func (t *Tracer) closeUprobes() error {
 	t.mu.Lock()
-	l, ok := t.uprobes[id]
-	delete(t.uprobes, id)
+	all := t.uprobes
+	t.uprobes = nil
+	t.mu.Unlock()
+	return closeFiles(all)
+}
+
+// probeSet is what the tracer keeps per probed file.
+type probeSet interface {
+	probePath() string
+	probeLinks() []link.Link
+}
+
+func (l *sslLinks) probePath() string       { return l.path }
+func (l *sslLinks) probeLinks() []link.Link { return l.links }
+
+// detachFile removes and closes the probes of id in m (one of the tracer's
+// tables, guarded by t.mu).
+func detachFile[P probeSet](t *Tracer, m map[FileID]P, id FileID, msg string) error {
+	t.mu.Lock()
+	l, ok := m[id]
+	delete(m, id)
 	t.mu.Unlock()
 	if !ok {
 		return nil
 	}
-	t.log.Info("detached TLS probes", "path", l.path, "file", id.String())
-	return closeLinks(l.links)
+	t.log.Info(msg, "path", l.probePath(), "file", id.String())
+	return closeLinks(l.probeLinks())
 }
 
-// SSLFiles lists the library files that have probes, sorted.
-func (t *Tracer) SSLFiles() []FileID {
+// sortedFiles lists the ids of m (guarded by t.mu) by device and inode.
+func sortedFiles[P any](t *Tracer, m map[FileID]P) []FileID {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := make([]FileID, 0, len(t.uprobes))
-	for id := range t.uprobes {
+	out := make([]FileID, 0, len(m))
+	for id := range m {
 		out = append(out, id)
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -144,14 +170,11 @@ func (t *Tracer) SSLFiles() []FileID {
 	return out
 }
 
-func (t *Tracer) closeUprobes() error {
-	t.mu.Lock()
-	all := t.uprobes
-	t.uprobes = nil
-	t.mu.Unlock()
+// closeFiles closes every probe of a table already taken from the tracer.
+func closeFiles[P probeSet](all map[FileID]P) error {
 	var errs []error
 	for _, l := range all {
-		errs = append(errs, closeLinks(l.links))
+		errs = append(errs, closeLinks(l.probeLinks()))
 	}
 	return errors.Join(errs...)
 }

@@ -105,10 +105,11 @@ type Tracer struct {
 	stats  *ebpf.Map
 	listen *ebpf.Map
 
-	mu       sync.Mutex // guards deadline, closed and uprobes across goroutines
-	deadline time.Time
-	closed   bool
-	uprobes  map[FileID]*sslLinks
+	mu        sync.Mutex // guards deadline, closed and uprobes across goroutines
+	deadline  time.Time
+	closed    bool
+	uprobes   map[FileID]*sslLinks
+	goUprobes map[FileID]*goLinks
 
 	closeOnce sync.Once
 	closeErr  error
@@ -295,6 +296,12 @@ type Stats struct {
 	TLSNoConn                 uint64 // of those, calls whose socket was unknown
 	TLSNested                 uint64 // TLS calls inside another, ignored
 	TLSSkipped                uint64 // ciphertext syscalls inside TLS calls, not copied
+	GoTLSEnter                uint64 // Go crypto/tls Read/Write entry probe hits
+	GoTLSRet                  uint64 // Go crypto/tls RET probe hits
+	GoTLSCalls                uint64 // Go crypto/tls calls that returned plaintext
+	GoTLSNoConn               uint64 // Go calls whose socket was not found
+	GoTLSShort                uint64 // Go Writes that failed after their plaintext was reported
+	GoTLSReentry              uint64 // Go calls entered again after stack growth, ignored
 }
 
 // Stats reads the kernel counters. It may be called from any goroutine;
@@ -326,6 +333,12 @@ func (t *Tracer) Stats() (Stats, error) {
 		s.TLSNoConn += c.TlsNoConn
 		s.TLSNested += c.TlsNested
 		s.TLSSkipped += c.TlsSkipped
+		s.GoTLSEnter += c.GoTlsEnter
+		s.GoTLSRet += c.GoTlsRet
+		s.GoTLSCalls += c.GoTlsCalls
+		s.GoTLSNoConn += c.GoTlsNoConn
+		s.GoTLSShort += c.GoTlsShort
+		s.GoTLSReentry += c.GoTlsReentry
 	}
 	return s, nil
 }
@@ -353,7 +366,7 @@ func (t *Tracer) Close() error {
 		t.closed = true
 		t.mu.Unlock()
 		var errs []error
-		errs = append(errs, t.closeUprobes())
+		errs = append(errs, t.closeUprobes(), t.closeGoUprobes())
 		for _, l := range t.links {
 			errs = append(errs, l.Close())
 		}
