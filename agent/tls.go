@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -82,12 +83,15 @@ type tlsFile struct {
 // counted and never retried. A file no process maps any more is detached,
 // unless it is a system library.
 //
-// Scan and Run are used from one goroutine; Stats from any.
+// Scan may be called from any goroutine, also while Run scans on its
+// interval (scans take turns); Stats from any.
 type TLSManager struct {
 	tr   *bpf.Tracer
 	log  *slog.Logger
 	opts TLSOptions
 
+	// scanMu lets one scan run at a time; it guards what follows.
+	scanMu   sync.Mutex
 	files    map[bpf.FileID]*tlsFile
 	rejected map[bpf.FileID]bool
 	scan     int64
@@ -151,6 +155,8 @@ func (m *TLSManager) Run(ctx context.Context) {
 // Scan reads every process's memory map, probes the TLS library files not
 // probed yet and detaches the ones no longer mapped.
 func (m *TLSManager) Scan() {
+	m.scanMu.Lock()
+	defer m.scanMu.Unlock()
 	start := time.Now()
 	m.scan++
 	ents, err := os.ReadDir(m.opts.ProcRoot)
