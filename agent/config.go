@@ -71,6 +71,7 @@ type ParserConfig struct {
 	MaxBodyPrefix  int `yaml:"max_body_prefix"`
 	MaxHeaderBytes int `yaml:"max_header_bytes"`
 	MaxPending     int `yaml:"max_pending"`
+	MaxStreams     int `yaml:"max_streams"`
 }
 
 // ConnsConfig bounds the connection table.
@@ -97,6 +98,7 @@ func DefaultConfig() Config {
 			MaxBodyPrefix:  4 << 10,
 			MaxHeaderBytes: 64 << 10,
 			MaxPending:     32,
+			MaxStreams:     256,
 		},
 		Conns: ConnsConfig{
 			Max:         DefaultMaxConns,
@@ -210,6 +212,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Parser.MaxHeaderBytes < 1024 || c.Parser.MaxHeaderBytes > 1<<20 {
 		return fmt.Errorf("parser.max_header_bytes %d: want 1024 to 1048576", c.Parser.MaxHeaderBytes)
+	}
+	if c.Parser.MaxStreams < 1 || c.Parser.MaxStreams > 65536 {
+		return fmt.Errorf("parser.max_streams %d: want 1 to 65536", c.Parser.MaxStreams)
 	}
 	if c.Parser.MaxPending < 1 || c.Parser.MaxPending > 4096 {
 		return fmt.Errorf("parser.max_pending %d: want 1 to 4096", c.Parser.MaxPending)

@@ -45,7 +45,7 @@ func TestConfigFullFileSetsEveryKey(t *testing.T) {
 	}
 	if cfg.Output != "none" || cfg.Listen != "127.0.0.1:9999" || len(cfg.Specs) != 2 ||
 		cfg.Capture.DrainInterval != 20*time.Millisecond || cfg.Conns.IdleTimeout != 2*time.Minute ||
-		cfg.Parser.MaxPending != 16 || cfg.Capture.RingBytes != 16<<20 || cfg.LogLevel != "debug" ||
+		cfg.Parser.MaxPending != 16 || cfg.Parser.MaxStreams != 512 || cfg.Capture.RingBytes != 16<<20 || cfg.LogLevel != "debug" ||
 		len(cfg.SpecScopes) != 2 || cfg.SpecScopes[0].Title != "Swagger Petstore" || len(cfg.SpecScopes[0].Hosts) != 2 ||
 		cfg.SpecScopes[1].Ports[0] != 9000 {
 		t.Fatalf("not applied: %+v", cfg)

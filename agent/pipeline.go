@@ -158,6 +158,7 @@ func (p *Pipeline) buildInventory(catalog *spec.Catalog) error {
 		MaxBodyPrefix:  cfg.Parser.MaxBodyPrefix,
 		MaxHeaderBytes: cfg.Parser.MaxHeaderBytes,
 		MaxPending:     cfg.Parser.MaxPending,
+		MaxStreams:     cfg.Parser.MaxStreams,
 	}
 	p.tracker = NewTracker(TrackerOptions{
 		MaxConns:    cfg.Conns.Max,

@@ -33,9 +33,14 @@ type Options struct {
 	// an HTTP/2 header block with CONTINUATION). Larger blocks are dropped
 	// and counted. 0 means the default, 64 KiB.
 	MaxHeaderBytes int
-	// MaxPending bounds requests waiting for responses on one connection
-	// (HTTP/1.1 pipelining) or open streams (HTTP/2). 0 means the default.
+	// MaxPending bounds requests waiting for responses on one HTTP/1.1
+	// connection (pipelining). 0 means the default.
 	MaxPending int
+	// MaxStreams bounds the open streams of one HTTP/2 connection; past it
+	// the oldest is evicted and counted. 0 means the default, 256 (above
+	// the concurrency servers usually grant: nginx 128, Go 250, grpc-go
+	// 100 by default).
+	MaxStreams int
 }
 
 // DefaultMaxHeaderBytes is the header block bound when Options leaves it 0.

@@ -239,7 +239,7 @@ func TestMemoryTableSizeBomb(t *testing.T) {
 	st := new(parser.Stats)
 	base := heapInUse()
 	var e countEmit
-	p := New(&parser.ConnInfo{}, &e, st, parser.Options{})
+	p := New(&parser.ConnInfo{}, &e, st, parser.Options{MaxStreams: 128})
 	for _, pc := range c.pieces {
 		p.Feed(pc.dir, 0, pc.data)
 	}

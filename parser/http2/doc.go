@@ -37,7 +37,7 @@
 //   - per direction: a 9-byte frame header, a control-frame buffer, a header
 //     block buffer (Options.HeaderLimit), an HPACK table capped at the
 //     negotiated size and at 64 KiB whatever the peer announces;
-//   - up to Options.MaxPending open streams (default 128; the oldest is
+//   - up to Options.MaxStreams open streams (default 256; the oldest is
 //     evicted and counted in Stats.PendingDrops), each with an arena for the
 //     kept header values and body prefixes of Options.MaxBodyPrefix bytes;
 //   - one decoded-block scratch area and one reused parser.Call.

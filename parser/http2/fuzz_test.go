@@ -20,7 +20,7 @@ var updateSeeds = flag.Bool("update-seeds", false, "rewrite the committed fuzz s
 func FuzzFrames(f *testing.F) {
 	f.Add([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"), uint8(3), uint16(0))
 	f.Fuzz(func(t *testing.T, data []byte, split uint8, gapAt uint16) {
-		opts := parser.Options{MaxPending: 8, MaxHeaderBytes: 4096, MaxBodyPrefix: 16}
+		opts := parser.Options{MaxStreams: 8, MaxHeaderBytes: 4096, MaxBodyPrefix: 16}
 		st := new(parser.Stats)
 		calls := 0
 		p := New(&parser.ConnInfo{}, parser.EmitFunc(func(c *parser.Call) {
@@ -40,7 +40,7 @@ func FuzzFrames(f *testing.F) {
 				p.Gap(dir, int64(i), int(gapAt%17))
 			}
 			p.Feed(dir, int64(i), chunk)
-			if len(p.streams) > opts.MaxPending {
+			if len(p.streams) > opts.MaxStreams {
 				t.Fatalf("%d open streams", len(p.streams))
 			}
 			for d := range p.dirs {

@@ -7,8 +7,8 @@ import (
 )
 
 // DefaultMaxStreams bounds open streams per connection when
-// Options.MaxPending is 0.
-const DefaultMaxStreams = 128
+// Options.MaxStreams is 0.
+const DefaultMaxStreams = 256
 
 // probationFrames is how many frames after a blind synchronisation must
 // look plausible before the reader trusts the framing.
@@ -95,7 +95,7 @@ func New(info *parser.ConnInfo, emit parser.Emitter, stats *parser.Stats, opts p
 		stats = new(parser.Stats)
 	}
 	p := &Parser{info: info, emit: emit, stats: stats, opts: opts}
-	p.maxStreams = opts.MaxPending
+	p.maxStreams = opts.MaxStreams
 	if p.maxStreams <= 0 {
 		p.maxStreams = DefaultMaxStreams
 	}

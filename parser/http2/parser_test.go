@@ -231,7 +231,7 @@ func TestParserCalls(t *testing.T) {
 		},
 		{
 			name: "max_pending_evicts_oldest_stream",
-			opts: parser.Options{MaxPending: 2},
+			opts: parser.Options{MaxStreams: 2},
 			build: func(c *conv) {
 				c.headers(C, 1, true, get("/1")...)
 				c.headers(C, 3, true, get("/3")...)
