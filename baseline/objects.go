@@ -1,6 +1,7 @@
 package baseline
 
 import (
+	"bytes"
 	"hash/maphash"
 	"math"
 	"math/bits"
@@ -100,13 +101,13 @@ type objectTable struct {
 func (inv *Inventory) objectID(path []byte, mask uint32) uint64 {
 	var h uint64
 	i := 0
-	for p := 0; p < len(path) && i < 32; {
+	for p := 0; p < len(path) && i < 32 && mask>>i != 0; {
 		for p < len(path) && path[p] == '/' {
 			p++
 		}
-		q := p
-		for q < len(path) && path[q] != '/' {
-			q++
+		q := len(path)
+		if k := bytes.IndexByte(path[p:], '/'); k >= 0 {
+			q = p + k
 		}
 		if q == p {
 			break

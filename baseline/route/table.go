@@ -1,6 +1,7 @@
 package route
 
 import (
+	"bytes"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -150,9 +151,9 @@ func (t *Table) Lookup(path []byte) *Route {
 		for i < len(path) && path[i] == '/' {
 			i++
 		}
-		j := i
-		for j < len(path) && path[j] != '/' {
-			j++
+		j := len(path)
+		if k := bytes.IndexByte(path[i:], '/'); k >= 0 {
+			j = i + k
 		}
 		if j == i {
 			break
@@ -209,9 +210,9 @@ func (t *Table) Find(path []byte) *Route {
 		for i < len(path) && path[i] == '/' {
 			i++
 		}
-		j := i
-		for j < len(path) && path[j] != '/' {
-			j++
+		j := len(path)
+		if k := bytes.IndexByte(path[i:], '/'); k >= 0 {
+			j = i + k
 		}
 		if j == i {
 			break
