@@ -22,21 +22,23 @@ type GoTLSStats struct {
 
 // goTLS finds Go programs that use crypto/tls and probes each executable
 // file once (bpf.AttachGoTLS explains the probes). It is driven by the
-// TLSManager's scan: for every process it looks at /proc/PID/exe, which
-// names the executable even inside another mount namespace (a container),
-// and inspects each distinct file (device and inode) once. Files that are
-// not Go, or have no crypto/tls, are remembered and never read again;
-// those that cannot be probed safely are logged once and counted. A file
-// no running process executes any more is detached.
+// TLSManager's scan and by exec events: for a process it looks at
+// /proc/PID/exe, which names the executable even inside another mount
+// namespace (a container), and inspects each distinct file (device and
+// inode) once. Files that are not Go, or have no crypto/tls, are
+// remembered and never read again; those that cannot be probed safely
+// are logged once and counted. A file no running process executes any
+// more is detached.
 //
 // Since probes bind to the file, a process started later from a file
 // already probed is covered from its first instruction. A process from a
-// file never seen before is covered from the next scan on (ScanInterval),
-// so a short-lived program of a new binary may go unseen; inspecting a
-// binary costs tens of milliseconds (stripped) to a few hundred (DWARF of
-// a 30 MB binary), once per file.
+// file never seen before is inspected when its exec record arrives (within
+// the tracer's PollInterval), so it is covered after that plus the
+// inspection, which costs tens of milliseconds (stripped) to a few hundred
+// (DWARF of a 30 MB binary), once per file; calls it makes before are not
+// seen. Exec events that were dropped leave it to the next scan.
 //
-// Like TLSManager, used from one goroutine; stats from any.
+// Used under the TLSManager's scanMu; stats from any goroutine.
 type goTLS struct {
 	tr  *bpf.Tracer
 	log *slog.Logger

@@ -36,6 +36,7 @@ type EBPFSourceStats struct {
 	Records       uint64 // records read
 	DataBytes     uint64 // payload bytes handed to the tracker
 	Closes        uint64 // close records
+	Execs         uint64 // exec records (passed to the TLS manager when TLS is on)
 	LostRecordGap uint64 // holes in a connection's record sequence
 	CapGaps       uint64 // syscalls whose tail was beyond the copy cap
 	CapGapBytes   uint64 // bytes in those tails
@@ -65,7 +66,7 @@ type EBPFSource struct {
 	comms map[uint32]string
 	seqs  map[uint64]seqState
 
-	records, bytes, closes, seqGaps, capGaps, capBytes, readErrs atomic.Uint64
+	records, bytes, closes, execs, seqGaps, capGaps, capBytes, readErrs atomic.Uint64
 	// kernelFinal keeps the kernel counters read just before detaching,
 	// so that Counters still reports them after Run returned.
 	kernelFinal atomic.Pointer[bpf.Stats]
@@ -186,6 +187,13 @@ func (s *EBPFSource) handle(rec *bpf.Record) {
 		delete(s.seqs, rec.ConnID)
 		return
 	}
+	if rec.Kind == bpf.KindExec {
+		s.execs.Add(1)
+		if s.tls != nil {
+			s.tls.Exec(rec.PID) // never blocks: queued or counted as dropped
+		}
+		return
+	}
 	if rec.Kind != bpf.KindData {
 		s.readErrs.Add(1)
 		return
@@ -276,6 +284,7 @@ func (s *EBPFSource) Stats() EBPFSourceStats {
 		Records:       s.records.Load(),
 		DataBytes:     s.bytes.Load(),
 		Closes:        s.closes.Load(),
+		Execs:         s.execs.Load(),
 		LostRecordGap: s.seqGaps.Load(),
 		CapGaps:       s.capGaps.Load(),
 		CapGapBytes:   s.capBytes.Load(),
@@ -291,6 +300,7 @@ func (s *EBPFSource) Counters() map[string]uint64 {
 		"ebpf.records":          st.Records,
 		"ebpf.data_bytes":       st.DataBytes,
 		"ebpf.close_records":    st.Closes,
+		"ebpf.exec_records":     st.Execs,
 		"ebpf.lost_record_gaps": st.LostRecordGap,
 		"ebpf.cap_gaps":         st.CapGaps,
 		"ebpf.cap_gap_bytes":    st.CapGapBytes,
@@ -305,6 +315,9 @@ func (s *EBPFSource) Counters() map[string]uint64 {
 		m["tls.files_rejected"] = ts.Rejected
 		m["tls.files"] = ts.Files
 		m["tls.maps_errors"] = ts.MapsErrors
+		m["tls.exec_events"] = ts.ExecEvents
+		m["tls.exec_dropped"] = ts.ExecDropped
+		m["tls.exec_attached"] = ts.ExecAttached
 		gs := s.tls.GoStats()
 		m["tls.go_binaries_attached"] = gs.Attached
 		m["tls.go_binaries_detached"] = gs.Detached
@@ -340,6 +353,7 @@ func (s *EBPFSource) Counters() map[string]uint64 {
 		m["ebpf.kernel.go_tls_no_conn"] = k.GoTLSNoConn
 		m["ebpf.kernel.go_tls_short_writes"] = k.GoTLSShort
 		m["ebpf.kernel.go_tls_reentries"] = k.GoTLSReentry
+		m["ebpf.kernel.execs"] = k.Execs
 	}
 	return m
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"bytes"
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -26,9 +27,14 @@ import (
 type TLSOptions struct {
 	// ProcRoot is where processes are listed. "" means /proc.
 	ProcRoot string
-	// ScanInterval is how often /proc is scanned for library files not yet
-	// probed. 0 means 2 seconds.
+	// ScanInterval is how often all of /proc is scanned for library files
+	// not yet probed, the safety net behind the exec trigger. 0 means 2
+	// seconds.
 	ScanInterval time.Duration
+	// ExecQueue bounds the exec events waiting to be looked at and, four
+	// times over, the processes whose maps are being watched after an
+	// exec; beyond it exec events are dropped and counted. 0 means 1024.
+	ExecQueue int
 	// SystemLibs are library files probed at start whether or not a
 	// process maps them yet, so that processes started later that load
 	// them are covered from their first call. nil means the usual Debian,
@@ -57,6 +63,22 @@ type TLSStats struct {
 	Rejected   uint64 // library files skipped (not OpenSSL-compatible, unreadable)
 	Files      uint64 // library files probed now
 	MapsErrors uint64 // processes whose maps could not be read (mostly: exited)
+
+	ExecEvents   uint64 // exec events handed to the manager
+	ExecDropped  uint64 // of those, dropped: queue or watch list full, or not a valid pid
+	ExecAttached uint64 // files (libssl or Go executables) probed because of an exec
+}
+
+// execChecks are the times after an exec event at which the process's maps
+// are read again: the dynamic loader maps a linked libssl within
+// milliseconds, an interpreter only when the program loads it (python at
+// import ssl). The gaps stay at most 250 ms over the first second. The
+// executable itself is inspected at once.
+var execChecks = []time.Duration{
+	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 175 * time.Millisecond, 250 * time.Millisecond,
+	375 * time.Millisecond, 500 * time.Millisecond, 750 * time.Millisecond,
+	time.Second, 1500 * time.Millisecond, 2 * time.Second,
 }
 
 // tlsFile is one probed library file.
@@ -74,17 +96,27 @@ type tlsFile struct {
 // started later. The manager therefore only has to notice new files: the
 // system libssl is probed at start, and /proc/*/maps is scanned on an
 // interval for others (a container's own copy, reached through
-// /proc/PID/root, or a library at an unusual path). A scan, not the exec
-// tracepoint, drives this because at exec the dynamic loader has not yet
-// mapped anything, so an exec event could only start the same wait; the
-// interval bounds how long a process using a brand-new file goes unseen.
+// /proc/PID/root, or a library at an unusual path).
+//
+// Exec events (the kernel's sched_process_exec records, handed over with
+// Exec) make a new program's files probed within milliseconds instead of
+// on the next scan: the executable (Go crypto/tls) is inspected at once,
+// and the process's maps are read at once and again at execChecks after
+// the exec, until a libssl shows up or the process exits, because at exec
+// the dynamic loader has not mapped anything yet and an interpreter maps
+// libssl only when the program asks for it. Only that process is read,
+// never all of /proc. Exec handles no more than ExecQueue events at a
+// time; the rest are dropped and counted, and the periodic scan remains
+// the safety net for them and for anything the checks missed (a library
+// loaded more than two seconds after exec). A call made between the
+// mapping of a new file and its probing is not seen.
 //
 // Files that turn out not to be OpenSSL-compatible are logged once,
 // counted and never retried. A file no process maps any more is detached,
 // unless it is a system library.
 //
 // Scan may be called from any goroutine, also while Run scans on its
-// interval (scans take turns); Stats from any.
+// interval (scans and exec checks take turns); Exec and Stats from any.
 type TLSManager struct {
 	tr   *bpf.Tracer
 	log  *slog.Logger
@@ -97,7 +129,12 @@ type TLSManager struct {
 	scan     int64
 	golang   *goTLS // Go executables (crypto/tls), see gotls.go
 
+	// execQ carries exec'd pids from Exec to Run's exec worker.
+	execQ   chan uint32
+	execBuf []byte // maps buffer of the exec worker (under scanMu)
+
 	scans, scanNanos, attached, detached, rejectedN, nfiles, mapsErrs atomic.Uint64
+	execEvents, execDropped, execAttached                             atomic.Uint64
 }
 
 // NewTLSManager returns a manager for tr. Nothing is attached until Start.
@@ -111,6 +148,9 @@ func NewTLSManager(tr *bpf.Tracer, opts TLSOptions, logger *slog.Logger) *TLSMan
 	if opts.SystemLibs == nil {
 		opts.SystemLibs = DefaultSystemLibs
 	}
+	if opts.ExecQueue <= 0 {
+		opts.ExecQueue = 1024
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -121,6 +161,7 @@ func NewTLSManager(tr *bpf.Tracer, opts TLSOptions, logger *slog.Logger) *TLSMan
 		files:    make(map[bpf.FileID]*tlsFile),
 		rejected: make(map[bpf.FileID]bool),
 		golang:   newGoTLS(tr, logger),
+		execQ:    make(chan uint32, opts.ExecQueue),
 	}
 }
 
@@ -138,8 +179,12 @@ func (m *TLSManager) Start() {
 	m.Scan()
 }
 
-// Run scans every ScanInterval until ctx is done.
+// Run scans every ScanInterval and looks at the processes named by Exec
+// until ctx is done.
 func (m *TLSManager) Run(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { m.runExec(ctx); close(done) }()
+	defer func() { <-done }()
 	tick := time.NewTicker(m.opts.ScanInterval)
 	defer tick.Stop()
 	for {
@@ -170,7 +215,7 @@ func (m *TLSManager) Scan() {
 		if err != nil || pid <= 0 {
 			continue
 		}
-		buf, err = m.scanPID(pid, buf)
+		buf, _, err = m.scanPID(pid, buf)
 		if err != nil {
 			m.mapsErrs.Add(1)
 		}
@@ -193,14 +238,15 @@ func (m *TLSManager) Scan() {
 }
 
 // scanPID looks for TLS libraries in one process's maps. buf is reused
-// between calls.
-func (m *TLSManager) scanPID(pid int, buf []byte) ([]byte, error) {
+// between calls. found tells that the process maps a libssl that is now
+// probed or known to be unusable.
+func (m *TLSManager) scanPID(pid int, buf []byte) (_ []byte, found bool, _ error) {
 	buf, err := readFileInto(filepath.Join(m.opts.ProcRoot, strconv.Itoa(pid), "maps"), buf)
 	if err != nil {
-		return buf, err
+		return buf, false, err
 	}
 	if !bytes.Contains(buf, []byte("/libssl.so")) {
-		return buf, nil
+		return buf, false, nil
 	}
 	sc := bufio.NewScanner(bytes.NewReader(buf))
 	for sc.Scan() {
@@ -210,9 +256,11 @@ func (m *TLSManager) scanPID(pid int, buf []byte) ([]byte, error) {
 		}
 		if f, ok := m.files[id]; ok {
 			f.seen = m.scan
+			found = true
 			continue
 		}
 		if m.rejected[id] {
+			found = true
 			continue
 		}
 		// Through the process's root, so that a library inside another
@@ -227,8 +275,120 @@ func (m *TLSManager) scanPID(pid int, buf []byte) ([]byte, error) {
 		if f := m.attach(full); f != nil {
 			f.seen = m.scan
 		}
+		found = found || m.files[id] != nil || m.rejected[id]
 	}
-	return buf, nil
+	return buf, found, nil
+}
+
+// Exec tells the manager that process pid has just exec'd a program, so
+// that its TLS files are probed promptly. It never blocks: when ExecQueue
+// events are already waiting, the event is dropped and counted (the
+// periodic scan still covers the process).
+func (m *TLSManager) Exec(pid uint32) {
+	m.execEvents.Add(1)
+	if pid == 0 || pid > 1<<22 || int(pid) == os.Getpid() {
+		// Not a process this manager can look at (pid_max is at most
+		// 2^22): a record no kernel would send.
+		m.execDropped.Add(1)
+		return
+	}
+	select {
+	case m.execQ <- pid:
+	default:
+		m.execDropped.Add(1)
+	}
+}
+
+// execWatch is one pending maps check of an exec'd process.
+type execWatch struct {
+	due  time.Time
+	pid  int
+	gen  uint64 // the exec it belongs to; a newer exec of the pid supersedes it
+	step int    // index into execChecks
+}
+
+type execHeap []execWatch
+
+func (h execHeap) Len() int           { return len(h) }
+func (h execHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h execHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *execHeap) Push(x any)        { *h = append(*h, x.(execWatch)) }
+func (h *execHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// runExec looks at each exec'd process at once and then at execChecks,
+// until ctx is done. At most 4*ExecQueue processes are watched.
+func (m *TLSManager) runExec(ctx context.Context) {
+	var (
+		pending execHeap
+		gens    = make(map[int]uint64) // pid -> its latest exec
+		gen     uint64
+		limit   = 4 * m.opts.ExecQueue
+		timer   = time.NewTimer(time.Hour)
+	)
+	defer timer.Stop()
+	for {
+		timer.Stop()
+		if len(pending) > 0 {
+			timer.Reset(time.Until(pending[0].due))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case pid32 := <-m.execQ:
+			pid := int(pid32)
+			start := time.Now()
+			if m.inspectExec(pid, true) {
+				delete(gens, pid)
+				continue
+			}
+			if _, ok := gens[pid]; len(pending) >= 2*limit || (!ok && len(gens) >= limit) {
+				m.execDropped.Add(1)
+				continue
+			}
+			gen++
+			gens[pid] = gen
+			heap.Push(&pending, execWatch{due: start.Add(execChecks[0]), pid: pid, gen: gen})
+		case <-timer.C:
+			now := time.Now()
+			for len(pending) > 0 && !pending[0].due.After(now) {
+				w := heap.Pop(&pending).(execWatch)
+				if gens[w.pid] != w.gen {
+					continue // superseded by a later exec of the pid
+				}
+				if m.inspectExec(w.pid, false) || w.step+1 == len(execChecks) {
+					delete(gens, w.pid)
+					continue
+				}
+				w.due = w.due.Add(execChecks[w.step+1] - execChecks[w.step])
+				w.step++
+				heap.Push(&pending, w)
+			}
+		}
+	}
+}
+
+// inspectExec probes the TLS files of one process: its executable when exe
+// is set, and the libssl it maps. done tells that watching it further is
+// pointless: it maps a libssl already handled, or it is gone.
+func (m *TLSManager) inspectExec(pid int, exe bool) (done bool) {
+	m.scanMu.Lock()
+	defer m.scanMu.Unlock()
+	before := m.attached.Load() + m.golang.attached.Load()
+	if exe {
+		m.golang.scanPID(m.opts.ProcRoot, pid, m.scan)
+	}
+	buf, found, err := m.scanPID(pid, m.execBuf)
+	m.execBuf = buf
+	if n := m.attached.Load() + m.golang.attached.Load() - before; n > 0 {
+		m.execAttached.Add(n)
+		m.log.Debug("probed on exec", "pid", pid, "files", n)
+	}
+	return found || err != nil
 }
 
 // attach probes one file, recording it as probed or rejected.
@@ -264,6 +424,10 @@ func (m *TLSManager) Stats() TLSStats {
 		Rejected:   m.rejectedN.Load(),
 		Files:      m.nfiles.Load(),
 		MapsErrors: m.mapsErrs.Load(),
+
+		ExecEvents:   m.execEvents.Load(),
+		ExecDropped:  m.execDropped.Load(),
+		ExecAttached: m.execAttached.Load(),
 	}
 }
 

@@ -526,7 +526,8 @@ func TestLiveTLSLibraryCopy(t *testing.T) {
 }
 
 // TestLiveTLSSharedLibraryAttachedOnce starts many processes on one copy
-// of libssl: one scan probes the file once, not once per process.
+// of libssl: the file is probed once, not once per process, whether their
+// exec events or a scan find it first.
 func TestLiveTLSSharedLibraryAttachedOnce(t *testing.T) {
 	const procs = 20
 	dir, lib := copyLibSSL(t)
@@ -534,9 +535,11 @@ func TestLiveTLSSharedLibraryAttachedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// No periodic scan: the test's own scans are the only ones.
+	// No periodic scan: the test's own scans and the exec events are the
+	// only triggers.
 	a := startAgentWith(t, EBPFSourceOptions{TLS: TLSOptions{ScanInterval: time.Hour}})
 	m, tr := a.src.TLS(), a.src.tr
+	files0, st0 := tr.SSLFiles(), m.Stats()
 	var kids []*child
 	for range procs {
 		kids = append(kids, spawnEnv(t, []string{"LD_LIBRARY_PATH=" + dir}, "/usr/bin/python3", tlsPeerFile(t, "peer.py"), "idle"))
@@ -549,21 +552,22 @@ func TestLiveTLSSharedLibraryAttachedOnce(t *testing.T) {
 			t.Fatalf("peer %d maps libssl %v, want only the copy", k.pid(), got)
 		}
 	}
-	files0, st0 := tr.SSLFiles(), m.Stats()
 	m.Scan()
 	files1, st1 := tr.SSLFiles(), m.Stats()
 	if got := newFiles(files0, files1); !slices.Equal(got, []bpf.FileID{id}) {
-		t.Errorf("files probed by the scan: %v, want only the copy %v", got, id)
+		t.Errorf("files probed: %v, want only the copy %v", got, id)
 	}
 	if n := st1.Attached - st0.Attached; n != 1 {
-		t.Errorf("attached %d files for %d processes sharing one, want 1", n, procs)
+		t.Errorf("attached %d files for %d processes sharing one, want 1 (%d on exec)", n, procs,
+			st1.ExecAttached-st0.ExecAttached)
 	}
 	m.Scan()
 	if st2 := m.Stats(); st2.Attached != st1.Attached {
 		t.Errorf("a second scan attached %d more", st2.Attached-st1.Attached)
 	}
-	t.Logf("%d processes: first scan (with attach) and second scan took %v together",
-		procs, time.Duration(m.Stats().ScanNanos-st0.ScanNanos))
+	t.Logf("%d processes: %d of %d exec events probed a file; two scans took %v together",
+		procs, st1.ExecAttached-st0.ExecAttached, st1.ExecEvents-st0.ExecEvents,
+		time.Duration(m.Stats().ScanNanos-st0.ScanNanos))
 
 	for _, k := range kids {
 		k.stdin.Close()

@@ -46,6 +46,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 enum rec_kind {
 	KIND_DATA = 1,
 	KIND_CLOSE = 2,
+	// KIND_EXEC: a process called execve; only pid, tid, comm and ts_ns
+	// are set, there is no payload. User space uses it to look for TLS
+	// libraries in the new program at once instead of on its next scan.
+	KIND_EXEC = 3,
 };
 
 enum conn_role {
@@ -140,6 +144,7 @@ struct counters {
 	__u64 go_tls_no_conn;  // Go calls whose socket could not be found
 	__u64 go_tls_short;    // Go Writes that moved fewer bytes than copied
 	__u64 go_tls_reentry;  // Go calls entered again (stack growth), ignored
+	__u64 execs;           // exec records
 };
 
 // conn_state is what the kernel remembers per socket.
@@ -1023,6 +1028,28 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	if (!c || !last_ref(f))
 		return 0;
 	emit_close(key, c);
+	return 0;
+}
+
+// A successful execve: tell user space, which probes the TLS files of the
+// new program (its executable now, its libssl once the loader or the
+// program maps it). No payload, no map lookups besides the counters.
+SEC("tracepoint/sched/sched_process_exec")
+int sched_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if ((__u32)(id >> 32) == self_tgid)
+		return 0;
+	struct event ev = {};
+	ev.kind = KIND_EXEC;
+	ev.ts_ns = bpf_ktime_get_ns();
+	ev.pid = id >> 32;
+	ev.tid = (__u32)id;
+	bpf_get_current_comm(ev.comm, sizeof(ev.comm));
+	struct counters *cnt = counters();
+	if (cnt)
+		cnt->execs++;
+	submit(&ev, 0);
 	return 0;
 }
 

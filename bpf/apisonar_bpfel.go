@@ -69,6 +69,7 @@ type apisonarCounters struct {
 	GoTlsNoConn    uint64
 	GoTlsShort     uint64
 	GoTlsReentry   uint64
+	Execs          uint64
 }
 
 type apisonarDirection uint32
@@ -132,6 +133,7 @@ type apisonarRecKind uint32
 const (
 	apisonarRecKindKIND_DATA  apisonarRecKind = 1
 	apisonarRecKindKIND_CLOSE apisonarRecKind = 2
+	apisonarRecKindKIND_EXEC  apisonarRecKind = 3
 )
 
 type apisonarScratch struct {
@@ -210,6 +212,7 @@ const (
 	apisonarProgGoTlsRead       = "go_tls_read"
 	apisonarProgGoTlsRet        = "go_tls_ret"
 	apisonarProgGoTlsWrite      = "go_tls_write"
+	apisonarProgSchedExec       = "sched_exec"
 	apisonarProgSockState       = "sock_state"
 	apisonarProgSslRead         = "ssl_read"
 	apisonarProgSslReadEx       = "ssl_read_ex"
@@ -293,6 +296,7 @@ type apisonarProgramSpecs struct {
 	GoTlsRead     *ebpf.ProgramSpec `ebpf:"go_tls_read"`
 	GoTlsRet      *ebpf.ProgramSpec `ebpf:"go_tls_ret"`
 	GoTlsWrite    *ebpf.ProgramSpec `ebpf:"go_tls_write"`
+	SchedExec     *ebpf.ProgramSpec `ebpf:"sched_exec"`
 	SockState     *ebpf.ProgramSpec `ebpf:"sock_state"`
 	SslRead       *ebpf.ProgramSpec `ebpf:"ssl_read"`
 	SslReadEx     *ebpf.ProgramSpec `ebpf:"ssl_read_ex"`
@@ -415,6 +419,7 @@ type apisonarPrograms struct {
 	GoTlsRead     *ebpf.Program `ebpf:"go_tls_read"`
 	GoTlsRet      *ebpf.Program `ebpf:"go_tls_ret"`
 	GoTlsWrite    *ebpf.Program `ebpf:"go_tls_write"`
+	SchedExec     *ebpf.Program `ebpf:"sched_exec"`
 	SockState     *ebpf.Program `ebpf:"sock_state"`
 	SslRead       *ebpf.Program `ebpf:"ssl_read"`
 	SslReadEx     *ebpf.Program `ebpf:"ssl_read_ex"`
@@ -453,6 +458,7 @@ func (p *apisonarPrograms) Close() error {
 		p.GoTlsRead,
 		p.GoTlsRet,
 		p.GoTlsWrite,
+		p.SchedExec,
 		p.SockState,
 		p.SslRead,
 		p.SslReadEx,

@@ -1,7 +1,8 @@
 // Package bpf loads apisonar's kernel side and reads what it records.
 //
 // The kernel side (apisonar.bpf.c) hooks syscall tracepoints and the
-// sock:inet_sock_set_state tracepoint only; kprobes, fentry and BTF-typed
+// sock:inet_sock_set_state and sched:sched_process_exec tracepoints only
+// (plus the uprobes below); kprobes, fentry and BTF-typed
 // tracing are never used, so it runs where those are locked down. BTF is
 // still needed: struct reads (fd -> file -> socket -> sock -> 4-tuple) are
 // CO-RE relocated against the running kernel.
@@ -29,6 +30,13 @@
 // with the struct offsets the kernel side needs carried in each probe's
 // cookie (see gotls.go). Either way the connection is marked TLS and its
 // ciphertext syscalls are no longer copied.
+//
+// Every successful execve (except by Config.SelfPID) yields a small
+// KindExec record: pid, tid, the new comm and the time, no payload,
+// counted in Stats.Execs. It is submitted like any other record (no
+// wakeup of its own), so user space sees it within PollInterval, and uses
+// it to probe the TLS files of a new program at once rather than on its
+// next /proc scan (agent.TLSManager).
 //
 // Known blind spot: a syscall already blocked when the programs attach
 // (a blocking recv waiting for data) is not seen; the next one is.

@@ -13,12 +13,16 @@ const ChunkSize = 4096
 // multiple of 8 (see the padding rules beside struct event).
 const headerSize = int(unsafe.Sizeof(apisonarEvent{}))
 
-// Kind tells a data record from a close record.
+// Kind tells a data record from a close record and an exec record.
 type Kind uint8
 
 const (
 	KindData  = Kind(apisonarRecKindKIND_DATA)
 	KindClose = Kind(apisonarRecKindKIND_CLOSE)
+	// KindExec: process PID (thread TID) completed an execve and is now
+	// named Comm; Time is when. Nothing else is set and there is no
+	// payload.
+	KindExec = Kind(apisonarRecKindKIND_EXEC)
 )
 
 // Role is which end of the connection the traced socket is.

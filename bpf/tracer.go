@@ -302,6 +302,7 @@ type Stats struct {
 	GoTLSNoConn               uint64 // Go calls whose socket was not found
 	GoTLSShort                uint64 // Go Writes that failed after their plaintext was reported
 	GoTLSReentry              uint64 // Go calls entered again after stack growth, ignored
+	Execs                     uint64 // exec records (submitted or lost)
 }
 
 // Stats reads the kernel counters. It may be called from any goroutine;
@@ -339,6 +340,7 @@ func (t *Tracer) Stats() (Stats, error) {
 		s.GoTLSNoConn += c.GoTlsNoConn
 		s.GoTLSShort += c.GoTlsShort
 		s.GoTLSReentry += c.GoTlsReentry
+		s.Execs += c.Execs
 	}
 	return s, nil
 }

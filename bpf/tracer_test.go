@@ -746,3 +746,37 @@ func TestOpenUnprivilegedIsNotPermitted(t *testing.T) {
 		t.Errorf("as nobody: %s", out)
 	}
 }
+
+// An exec yields an EXEC record with the new process's pid and name, and
+// nothing else.
+func TestExecRecord(t *testing.T) {
+	r := record(t, Config{})
+	before := r.stats(t)
+	cmd := exec.Command("/bin/true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.ProcessState.Pid()
+	after := r.stats(t)
+	recs := r.stop(t)
+	var got []captured
+	for _, c := range recs {
+		if c.Kind == KindExec && int(c.PID) == pid {
+			got = append(got, c)
+		}
+		if c.Kind == KindExec && int(c.PID) == os.Getpid() {
+			t.Errorf("exec record of the tracer's own process: %v", c)
+		}
+	}
+	if len(got) != 1 {
+		t.Fatalf("exec records of /bin/true (pid %d): %d, want 1; %d records in all", pid, len(got), len(recs))
+	}
+	c := got[0]
+	if string(c.CommBytes()) != "true" || c.TID != uint32(pid) || c.Time == 0 || len(c.payload) != 0 ||
+		c.ConnID != 0 || c.TLS || c.Truncated {
+		t.Errorf("exec record: %v tid=%d time=%d", c, c.TID, c.Time)
+	}
+	if after.Execs <= before.Execs {
+		t.Errorf("exec counter %d, was %d", after.Execs, before.Execs)
+	}
+}

@@ -7,6 +7,7 @@
 //	gotlspeer client h1|h2 CERT PORT PATH...
 //	                                      one GET per path on one connection;
 //	                                      prints "STATUS PROTO BODY" per call
+//	                                      (after GOTLSPEER_DELAY if set)
 //	gotlspeer wrapped h1 CERT PORT PATH...
 //	                                      as client, over a net.Conn wrapper
 //	                                      type instead of a *net.TCPConn
@@ -158,6 +159,11 @@ func (w *wrappedConn) Read(b []byte) (int, error) {
 }
 
 func client(proto, cert, port string, paths []string, wrap bool) error {
+	// GOTLSPEER_DELAY (a duration) postpones the first request, for tests
+	// that need a client to call shortly, but not instantly, after start.
+	if d, err := time.ParseDuration(os.Getenv("GOTLSPEER_DELAY")); err == nil {
+		time.Sleep(d)
+	}
 	c, err := httpClient(proto, cert, 1)
 	if err != nil {
 		return err
