@@ -194,9 +194,15 @@ func TestAFPacketLoopback(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 	// Loopback shows each packet as sent and as received; only one copy
-	// may reach the reassembler, or every byte would come twice.
-	if st.Reassembly.Retransmitted != 0 {
-		t.Errorf("%d bytes seen twice: outgoing copies were not ignored", st.Reassembly.Retransmitted)
+	// may reach the reassembler, or every byte would come twice. The
+	// source sees all of lo, where other programs' connections may really
+	// retransmit on a loaded machine: a second copy of everything would
+	// trim as many bytes as it delivers, a real retransmission far fewer.
+	if r := st.Reassembly.Retransmitted; r != 0 {
+		t.Logf("%d retransmitted bytes of %d delivered on lo", r, st.Reassembly.PayloadBytes)
+		if r*4 >= st.Reassembly.PayloadBytes {
+			t.Errorf("%d of %d bytes seen twice: outgoing copies were not ignored", r, st.Reassembly.PayloadBytes)
+		}
 	}
 }
 
