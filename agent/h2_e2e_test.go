@@ -659,7 +659,14 @@ func checkDeadline(t *testing.T, side string, c *parser.Call, w h2Truth) {
 	}
 	trailers := c.GRPCStatus == 4 && c.Status == 200
 	reset := c.GRPCStatus == -1 && c.Flags&parser.FlagReset != 0
-	if !trailers && !reset {
+	// The server answered nothing; when the connection ends before its
+	// reads show the client's RST_STREAM (a loaded machine), the honest
+	// server-side call is one with no response and no status.
+	unanswered := side == "server" && c.GRPCStatus == -1 && c.Status == 0 && c.Flags&parser.FlagNoResponse != 0
+	if unanswered && !reset {
+		t.Logf("server side saw no end of the deadline call: reported without response, no status invented")
+	}
+	if !trailers && !reset && !unanswered {
 		t.Errorf("%s side, deadline call ends neither with grpc-status 4 nor with a reset: %s", side, callString(c))
 	}
 }
