@@ -148,8 +148,9 @@ func (inv *Inventory) notify(fs []*findingState) {
 	}
 }
 
-// checkDrift compares a call with its declared operation. Status and
-// query checks run on every call (a bitmap test and map lookups); the
+// checkDrift compares a call with its declared operation. The status check
+// runs on every call (a bitmap test), as does the query check (in
+// observeQuery); the
 // response field check scans the body prefix, so it runs on a sample: the
 // first 64 calls of each shard, then one in 16.
 func (inv *Inventory) checkDrift(e *Endpoint, c *parser.Call, ts int64, n uint64) {
@@ -157,20 +158,7 @@ func (inv *Inventory) checkDrift(e *Endpoint, c *parser.Call, ts int64, n uint64
 	if c.Status != 0 && !op.Documents(c.Status) {
 		inv.driftStatus(e, c.Status, ts)
 	}
-	if len(c.Query) > 0 {
-		q := c.Query
-		for len(q) > 0 {
-			var pair []byte
-			pair, q = cutByte(q, '&')
-			name, _ := cutByte(pair, '=')
-			if len(name) == 0 {
-				continue
-			}
-			if _, ok := op.Query[string(name)]; !ok {
-				inv.driftParam(e, name, ts)
-			}
-		}
-	}
+	// Query parameters are checked in observeQuery's pass over the query.
 	if len(c.RespBody) > 0 && (n <= 64 || n%16 == 0) && c.Status != 0 {
 		if fs := op.Fields(c.Status); fs != nil && !fs.Open && isJSONType(c.RespContentType) {
 			eachTopField(c.RespBody, func(name []byte) {
@@ -375,8 +363,10 @@ func (d *driftFindings) clone() *driftFindings {
 	return n
 }
 
-// observeQuery records the query parameter names an endpoint receives (for
-// the inventory's OpenAPI document), up to maxQueryNames.
+// observeQuery walks the query once: it records the parameter names an
+// endpoint receives (for the inventory's OpenAPI document), up to
+// maxQueryNames, and raises undocumented_parameter for those a declared
+// operation does not declare.
 func (inv *Inventory) observeQuery(e *Endpoint, c *parser.Call, ts int64) {
 	q := c.Query
 	for len(q) > 0 {
@@ -386,30 +376,38 @@ func (inv *Inventory) observeQuery(e *Endpoint, c *parser.Call, ts int64) {
 		if len(name) == 0 {
 			continue
 		}
-		if m := e.query.Load(); m != nil {
-			if _, ok := (*m)[string(name)]; ok {
-				continue
-			}
-			if len(*m) >= maxQueryNames {
-				return
+		if e.Op != nil {
+			if _, ok := e.Op.Query[string(name)]; !ok {
+				inv.driftParam(e, name, ts)
 			}
 		}
-		e.mu.Lock()
-		old := e.query.Load()
-		var next map[string]uint32
-		if old == nil {
-			next = map[string]uint32{}
-		} else {
-			next = make(map[string]uint32, len(*old)+1)
-			for k, v := range *old {
-				next[k] = v
-			}
+		e.recordQueryName(name)
+	}
+}
+
+// recordQueryName adds a parameter name to the endpoint's set, copied on
+// write, unless it is there or the set is full.
+func (e *Endpoint) recordQueryName(name []byte) {
+	if m := e.query.Load(); m != nil {
+		if _, ok := (*m)[string(name)]; ok || len(*m) >= maxQueryNames {
+			return
 		}
-		if len(next) < maxQueryNames {
-			next[string(name)] = 0
-			e.query.Store(&next)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	old := e.query.Load()
+	var next map[string]uint32
+	if old == nil {
+		next = map[string]uint32{}
+	} else {
+		next = make(map[string]uint32, len(*old)+1)
+		for k, v := range *old {
+			next[k] = v
 		}
-		e.mu.Unlock()
+	}
+	if len(next) < maxQueryNames {
+		next[string(name)] = 0
+		e.query.Store(&next)
 	}
 }
 
