@@ -221,18 +221,27 @@ func cmdRun(args []string, stdout, stderr io.Writer, getenv func(string) string)
 			cfg.Interface = *iface
 		}
 	})
-	if err := cfg.Validate(); err != nil {
-		return usageError{err.Error()}
+	log, ctx, cancel, err := settle(&cfg, stderr)
+	if err != nil {
+		return err
 	}
-	cfg.Version = versionString()
-	log := newLogger(stderr, cfg.LogLevel)
-	ctx, cancel := signalContext()
 	defer cancel()
 	p, err := agent.NewLivePipeline(cfg, stdout, log)
 	if err != nil {
 		return err
 	}
 	return p.RunLive(ctx)
+}
+
+// settle validates the final configuration and returns what both commands
+// run with: the logger and a context cancelled by SIGINT or SIGTERM.
+func settle(cfg *agent.Config, stderr io.Writer) (*slog.Logger, context.Context, context.CancelFunc, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, nil, usageError{err.Error()}
+	}
+	cfg.Version = versionString()
+	ctx, cancel := signalContext()
+	return newLogger(stderr, cfg.LogLevel), ctx, cancel, nil
 }
 
 func cmdReplay(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
@@ -251,12 +260,10 @@ func cmdReplay(args []string, stdout, stderr io.Writer, getenv func(string) stri
 	if err != nil {
 		return err
 	}
-	if err := cfg.Validate(); err != nil {
-		return usageError{err.Error()}
+	log, ctx, cancel, err := settle(&cfg, stderr)
+	if err != nil {
+		return err
 	}
-	cfg.Version = versionString()
-	log := newLogger(stderr, cfg.LogLevel)
-	ctx, cancel := signalContext()
 	defer cancel()
 	p, err := agent.NewReplayPipeline(cfg, stdout, log)
 	if err != nil {
