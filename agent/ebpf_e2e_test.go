@@ -96,23 +96,7 @@ func (c *child) pid() int { return c.cmd.Process.Pid }
 
 func spawn(t *testing.T, name string, args ...string) *child {
 	t.Helper()
-	cmd := exec.Command(name, args...)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	return &child{cmd: cmd, out: bufio.NewReader(stdout), stdin: stdin}
+	return spawnEnv(t, nil, name, args...)
 }
 
 // line reads one line the child printed, failing the test on timeout.
@@ -144,9 +128,11 @@ func run(t *testing.T, stdin string, name string, args ...string) (int, string) 
 	return cmd.ProcessState.Pid(), string(out)
 }
 
-func waitListen(t *testing.T, addr string) {
+// waitListen waits up to 20 s for something to accept on addr.
+func waitListen(t testing.TB, addr string) {
 	t.Helper()
-	for range 100 {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
 			return
@@ -156,7 +142,7 @@ func waitListen(t *testing.T, addr string) {
 	t.Fatalf("nothing listens on %s", addr)
 }
 
-func pickPort(t *testing.T) int {
+func pickPort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -235,7 +234,7 @@ func startNginxTLSEnv(t testing.TB, env []string, cert, key string) (int, int) {
 			t.Fatal(err)
 		}
 	}
-	port := freePort(t)
+	port := pickPort(t)
 	conf := fmt.Sprintf(`daemon off;
 master_process off;
 pid %[1]s/nginx.pid;
@@ -268,32 +267,8 @@ http {
 		t.Fatalf("start nginx: %v", err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitDial(t, fmt.Sprintf("127.0.0.1:%d", port))
+	waitListen(t, fmt.Sprintf("127.0.0.1:%d", port))
 	return cmd.Process.Pid, port
-}
-
-// freePort and waitDial are pickPort and waitListen for benchmarks too.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func waitDial(t testing.TB, addr string) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("nothing listens on %s", addr)
 }
 
 // tlsSized is a call and the body sizes it must report.

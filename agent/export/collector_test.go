@@ -61,7 +61,7 @@ func testCollector(t *testing.T, bin, proto string) {
 	f2.Kind, f2.Severity, f2.Count = "shadow_api", "medium", 2
 	e.Finding(f2)
 
-	if !waitFor(20*time.Second, func() bool {
+	if !otelcoltest.WaitFor(20*time.Second, func() bool {
 		out := col.Out.String()
 		return len(otelcoltest.FindingRecords(out)) == 2 && otelcoltest.LastMetric(out, "rpc.server.duration") != "" && otelcoltest.LastMetric(out, "apisonar.parser.calls") != ""
 	}) {
@@ -161,14 +161,14 @@ func testCollector(t *testing.T, bin, proto string) {
 		f.Kind, f.Count = "rate_anomaly", uint64(100+i)
 		e.Finding(f)
 	}
-	if !waitFor(10*time.Second, func() bool { return e.Stats().FindingExportFailures > before.FindingExportFailures }) {
+	if !otelcoltest.WaitFor(10*time.Second, func() bool { return e.Stats().FindingExportFailures > before.FindingExportFailures }) {
 		t.Fatalf("no failed send while the collector was down: %+v", e.Stats())
 	}
 	if s := e.Stats(); s.FindingsDropped-before.FindingsDropped != raised-queue {
 		t.Fatalf("dropped %d during the outage, want %d", s.FindingsDropped-before.FindingsDropped, raised-queue)
 	}
 	col2 := otelcoltest.Start(t, bin, grpcPort, httpPort)
-	if !waitFor(30*time.Second, func() bool { return len(otelcoltest.FindingRecords(col2.Out.String())) >= queue }) {
+	if !otelcoltest.WaitFor(30*time.Second, func() bool { return len(otelcoltest.FindingRecords(col2.Out.String())) >= queue }) {
 		t.Fatalf("after the outage received %d findings, want %d; stats %+v\n%s", len(otelcoltest.FindingRecords(col2.Out.String())), queue, e.Stats(), col2.ErrOut.String())
 	}
 	time.Sleep(500 * time.Millisecond) // nothing more may arrive
@@ -186,7 +186,7 @@ func testCollector(t *testing.T, bin, proto string) {
 		t.Errorf("stats after recovery %+v", s)
 	}
 	// The drop count reaches the collector as a metric too.
-	if !waitFor(10*time.Second, func() bool {
+	if !otelcoltest.WaitFor(10*time.Second, func() bool {
 		return strings.Contains(otelcoltest.LastMetric(col2.Out.String(), "apisonar.export.findings.dropped"), fmt.Sprintf("Value: %d\n", raised-queue))
 	}) {
 		t.Errorf("apisonar.export.findings.dropped did not reach the collector:\n%s", otelcoltest.LastMetric(col2.Out.String(), "apisonar.export.findings.dropped"))

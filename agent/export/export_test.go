@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/log"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
+	"github.com/apisonar/apisonar/internal/otelcoltest"
 	"github.com/apisonar/apisonar/parser"
 )
 
@@ -471,11 +472,11 @@ func TestQueueBoundRetriesAndCountsDrops(t *testing.T) {
 	if s := e.Stats(); s.FindingsDropped != 3 || s.FindingsQueued != 5 {
 		t.Fatalf("while down: %+v, want 5 queued and 3 dropped", s)
 	}
-	if !waitFor(2*time.Second, func() bool { return e.Stats().FindingExportFailures >= 2 }) {
+	if !otelcoltest.WaitFor(2*time.Second, func() bool { return e.Stats().FindingExportFailures >= 2 }) {
 		t.Fatal("the sender did not retry")
 	}
 	logs.setFailing(false)
-	if !waitFor(5*time.Second, func() bool { return len(logs.received()) == 5 }) {
+	if !otelcoltest.WaitFor(5*time.Second, func() bool { return len(logs.received()) == 5 }) {
 		t.Fatalf("after recovery received %d, want 5", len(logs.received()))
 	}
 	for i, r := range logs.received() {

@@ -132,18 +132,6 @@ func setMap(s attribute.Set) map[string]string {
 	return m
 }
 
-// waitFor polls cond for up to d; it returns whether cond came true.
-func waitFor(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return true
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return cond()
-}
-
 func mustShutdown(t *testing.T, e *Exporter) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
